@@ -1,0 +1,259 @@
+"""The Redis Streams broker: submit, pull micro-batches, finish, reclaim, dead-letter.
+
+Delivery is at-least-once. A submission is ONE stream entry holding all its rows;
+its job record (state, reply channel, later the result) lives beside it. An entry
+is acknowledged only in the same atomic call that writes its result; entries idle
+past the visibility timeout are reclaimed by another worker; past
+``max_deliveries`` they are dead-lettered (the job fails with the reason).
+The atomic steps are the ``.lua`` files beside this module.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+import numpy as np
+import redis
+
+from batching import codec, keys
+
+FINAL_STATES = frozenset({"done", "failed", "expired"})
+
+
+def _script(client: redis.Redis, name: str) -> Any:
+    source = resources.files("batching").joinpath("lua", f"{name}.lua").read_text()
+    return client.register_script(source)
+
+
+def entry_millis(entry_id: str) -> int:
+    """The Redis clock (unix ms) at which an entry was added: the first part of its id."""
+    return int(entry_id.split("-", 1)[0])
+
+
+@dataclass
+class Entry:
+    """One submission as a worker pulled it: ``rows`` rows of every input."""
+
+    model: str
+    priority: int
+    id: str
+    rows: int
+    deadline_ms: int
+    payload: bytes
+    _inputs: dict[str, np.ndarray] | None = field(default=None, repr=False)
+
+    @property
+    def inputs(self) -> dict[str, np.ndarray]:
+        if self._inputs is None:
+            self._inputs = codec.unpack_tensors(self.payload)
+        return self._inputs
+
+    @property
+    def enqueued_ms(self) -> int:
+        return entry_millis(self.id)
+
+
+@dataclass
+class JobView:
+    """A job record as the API reads it; ``result`` is set once the job is final."""
+
+    state: str
+    rows: int
+    priority: int
+    result: dict[str, Any] | None
+
+
+@dataclass
+class Finished:
+    """The outcome of one entry, written by :meth:`Broker.complete`."""
+
+    entry: Entry
+    state: str
+    result: dict[str, Any]
+
+
+class QueueFull(Exception):
+    """The model's queue holds ``max_queue_size`` entries: admission refused, nothing enqueued."""
+
+
+class Broker:
+    def __init__(self, client: redis.Redis) -> None:
+        self.redis = client
+        self._submit = _script(client, "submit")
+        self._start = _script(client, "start")
+        self._complete = _script(client, "complete")
+        self._watch = _script(client, "watch")
+        self._reclaim = _script(client, "reclaim")
+
+    # --- API side -------------------------------------------------------------------
+
+    def submit(
+        self,
+        model: str,
+        tensors: Mapping[str, np.ndarray],
+        rows: int,
+        *,
+        priority: int,
+        levels: int,
+        reply_channel: str,
+        max_queue_size: int,
+        deadline_ms: int,
+    ) -> str:
+        """Enqueue one entry of ``rows`` rows; returns its entry id or raises QueueFull."""
+        streams = [keys.stream(model, p) for p in range(1, levels + 1)]
+        entry_id = self._submit(
+            keys=[keys.stream(model, priority), *streams],
+            args=[
+                keys.job(model, ""),
+                rows,
+                codec.pack_tensors(tensors),
+                reply_channel,
+                priority,
+                max_queue_size,
+                deadline_ms,
+            ],
+        )
+        if entry_id is None:
+            raise QueueFull(model)
+        return entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+
+    def watch(self, model: str, entry_id: str, reply_channel: str, ttl_s: int) -> JobView | None:
+        """Read a job; if not final, ask for its result on ``reply_channel`` too."""
+        found = self._watch(
+            keys=[keys.job(model, entry_id), keys.watchers(model, entry_id)],
+            args=[reply_channel, ttl_s],
+        )
+        return _job_view(found) if found else None
+
+    def read(self, model: str, entry_id: str) -> JobView | None:
+        found = self.redis.hmget(keys.job(model, entry_id), "st", "n", "pr", "res")
+        return _job_view(found) if found[0] else None
+
+    def queue_length(self, model: str, levels: int) -> int:
+        """Entries waiting or in flight, over all priority levels."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            for p in range(1, levels + 1):
+                pipe.xlen(keys.stream(model, p))
+            return sum(pipe.execute())
+
+    # --- worker side ----------------------------------------------------------------
+
+    def ensure_groups(self, model: str, levels: int) -> None:
+        for p in range(1, levels + 1):
+            try:
+                self.redis.xgroup_create(keys.stream(model, p), keys.GROUP, id="0", mkstream=True)
+            except redis.ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+
+    def pull(
+        self, model: str, consumer: str, levels: int, count: int, block_ms: int | None
+    ) -> list[Entry]:
+        """Up to ``count`` new entries per level, higher levels first.
+
+        ``block_ms=None`` returns at once. BLOCK wakes as soon as an entry arrives, but
+        its timeout only has the server's ``hz`` granularity: callers keep their own
+        clock for short waits.
+        """
+        streams = {keys.stream(model, p): ">" for p in range(1, levels + 1)}
+        reply = self.redis.xreadgroup(keys.GROUP, consumer, streams, count=count, block=block_ms)
+        entries: list[Entry] = []
+        for stream_key, items in sorted(reply or [], key=lambda r: _level(r[0])):
+            priority = _level(stream_key)
+            entries.extend(_entry(model, priority, eid, fields) for eid, fields in items)
+        return entries
+
+    def start(self, entries: Sequence[Entry], worker_id: str) -> list[str | None]:
+        """Mark pulled entries running; returns each record's state (final ones are skipped)."""
+        states = self._start(keys=[keys.job(e.model, e.id) for e in entries], args=[worker_id])
+        return [s.decode() if isinstance(s, bytes) else s for s in states]
+
+    def complete(self, finished: Iterable[Finished], ttl_s: int) -> int:
+        """Write results, notify waiters and ack, in one atomic call per micro-batch."""
+        keys_: list[str] = []
+        args: list[Any] = [keys.GROUP, ttl_s]
+        for f in finished:
+            e = f.entry
+            keys_ += [
+                keys.stream(e.model, e.priority),
+                keys.job(e.model, e.id),
+                keys.watchers(e.model, e.id),
+            ]
+            args += [e.id, f.state, codec.pack(f.result)]
+        if not keys_:
+            return 0
+        return int(self._complete(keys=keys_, args=args))
+
+    def reclaim(
+        self,
+        model: str,
+        priority: int,
+        consumer: str,
+        *,
+        min_idle_ms: int,
+        max_deliveries: int,
+        ttl_s: int,
+        count: int = 64,
+    ) -> tuple[list[Entry], list[str]]:
+        """Claim entries idle past ``min_idle_ms``; returns (claimed, dead-lettered ids)."""
+        dead_result = codec.pack(
+            {
+                "error": {
+                    "code": "dead_letter",
+                    "message": f"entry was delivered more than {max_deliveries} times without "
+                    "finishing (workers crashed or timed out on it); gave up",
+                }
+            }
+        )
+        claimed, dead = self._reclaim(
+            keys=[keys.stream(model, priority)],
+            args=[
+                keys.GROUP,
+                consumer,
+                min_idle_ms,
+                count,
+                max_deliveries,
+                keys.job(model, ""),
+                ttl_s,
+                dead_result,
+                keys.watchers(model, ""),
+            ],
+        )
+        entries = [_entry(model, priority, eid, fields) for eid, fields in claimed if fields]
+        return entries, [d.decode() if isinstance(d, bytes) else d for d in dead]
+
+
+def now_ms() -> float:
+    return time.time() * 1000.0
+
+
+def _level(stream_key: bytes | str) -> int:
+    key = stream_key.decode() if isinstance(stream_key, bytes) else stream_key
+    return int(key.rsplit(":", 1)[1])
+
+
+def _entry(model: str, priority: int, eid: bytes | str, fields: Any) -> Entry:
+    if isinstance(fields, list):  # RESP from Lua: a flat field/value list
+        fields = dict(zip(fields[::2], fields[1::2], strict=True))
+    return Entry(
+        model=model,
+        priority=priority,
+        id=eid.decode() if isinstance(eid, bytes) else eid,
+        rows=int(fields[b"n"]),
+        deadline_ms=int(fields[b"d"]),
+        payload=fields[b"x"],
+    )
+
+
+def _job_view(found: Sequence[Any]) -> JobView:
+    state, rows, priority, result = found
+    return JobView(
+        state=state.decode(),
+        rows=int(rows),
+        priority=int(priority),
+        result=codec.unpack(result) if result else None,
+    )

@@ -1,0 +1,55 @@
+"""Every Redis key and channel fusionserve uses, named in one place (like rq's ``keys.py``).
+
+Per-model keys carry the model in a hash tag (``fs:{model}:…``) so that all of a
+model's keys live in one Redis Cluster slot and one Lua script may touch them
+together. The few global keys (the model index, reply channels) are never used
+in the same script as a model's keys.
+"""
+
+from __future__ import annotations
+
+import re
+
+PREFIX = "fs"
+GROUP = "workers"
+"""The consumer group every worker of a model reads its streams through."""
+
+MODEL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+"""Model names are safe in keys, URLs and job ids (no dots: a job id is ``model.entry.row``)."""
+
+MODELS = f"{PREFIX}:models"
+"""Set of model names that some worker has published."""
+
+
+def _tag(model: str) -> str:
+    return f"{PREFIX}:{{{model}}}"
+
+
+def stream(model: str, priority: int) -> str:
+    """The queue of one priority level of a model (1 is the highest level)."""
+    return f"{_tag(model)}:q:{priority}"
+
+
+def job(model: str, entry_id: str) -> str:
+    """The record of one submission: its state, reply channel, and once final its results."""
+    return f"{_tag(model)}:job:{entry_id}"
+
+
+def watchers(model: str, entry_id: str) -> str:
+    """Reply channels of API processes long-polling an entry they did not submit."""
+    return f"{_tag(model)}:watch:{entry_id}"
+
+
+def meta(model: str) -> str:
+    """Hash a worker publishes at load: signature, config, tokenizer."""
+    return f"{_tag(model)}:meta"
+
+
+def workers(model: str) -> str:
+    """Sorted set of worker ids serving the model, scored by last heartbeat (unix seconds)."""
+    return f"{_tag(model)}:workers"
+
+
+def reply_channel(process_id: str) -> str:
+    """Pub/sub channel of one API process; workers publish finished results to it."""
+    return f"{PREFIX}:reply:{process_id}"

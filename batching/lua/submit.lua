@@ -1,0 +1,27 @@
+-- Admit one submission: refuse it when the model's queue is full, else XADD the entry
+-- (all its rows) and create its job record, atomically, so that no entry exists
+-- without a record and a refused submission leaves nothing behind.
+--
+-- KEYS[1]        the stream of the chosen priority level
+-- KEYS[2..]      the streams of every level of the model (for the queue depth)
+-- ARGV[1]        job record key prefix ("fs:{model}:job:")
+-- ARGV[2]        rows in the entry
+-- ARGV[3]        the packed input tensors
+-- ARGV[4]        reply channel of the submitting API process
+-- ARGV[5]        priority level
+-- ARGV[6]        max_queue_size in entries (0: unbounded)
+-- ARGV[7]        deadline, unix ms: past it the entry is expired, never run
+-- returns        the entry id, or false when the queue is full
+local max_queue = tonumber(ARGV[6])
+if max_queue > 0 then
+  local depth = 0
+  for i = 2, #KEYS do
+    depth = depth + redis.call('XLEN', KEYS[i])
+  end
+  if depth >= max_queue then
+    return false
+  end
+end
+local id = redis.call('XADD', KEYS[1], '*', 'n', ARGV[2], 'd', ARGV[7], 'x', ARGV[3])
+redis.call('HSET', ARGV[1] .. id, 'st', 'queued', 'n', ARGV[2], 'rp', ARGV[4], 'pr', ARGV[5])
+return id

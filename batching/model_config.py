@@ -1,0 +1,126 @@
+"""A model's configuration (``config.toml``) and signature, as both sides see them.
+
+Workers read ``config.toml`` and the ONNX graph, then publish both to Redis; API
+processes validate requests against what was published and need no model files.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+# KServe V2 / Triton datatype names <-> numpy dtype names.
+V2_TO_NUMPY = {
+    "BOOL": "bool",
+    "INT8": "int8",
+    "INT16": "int16",
+    "INT32": "int32",
+    "INT64": "int64",
+    "UINT8": "uint8",
+    "UINT16": "uint16",
+    "UINT32": "uint32",
+    "UINT64": "uint64",
+    "FP16": "float16",
+    "FP32": "float32",
+    "FP64": "float64",
+}
+NUMPY_TO_V2 = {v: k for k, v in V2_TO_NUMPY.items()}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class BatchingConfig(_Strict):
+    max_batch_size: int = Field(64, ge=1, le=4096)
+    max_queue_delay_ms: float = Field(2.0, ge=0, le=10_000)
+    preferred_batch_sizes: list[int] = []
+    priority_levels: int = Field(2, ge=1, le=8)
+    default_timeout_ms: int = Field(30_000, ge=1)
+    max_queue_size: int = Field(10_000, ge=1)
+
+
+class InstancesConfig(_Strict):
+    count: int = Field(1, ge=1, le=64)
+
+
+class TextPreprocessing(_Strict):
+    tokenizer: str = "tokenizer.json"
+    ids_input: str = "input_ids"
+    mask_input: str | None = "attention_mask"
+    max_length: int = Field(32, ge=1)
+    pad_id: int = 0
+
+
+class ImagePreprocessing(_Strict):
+    input: str = "image"
+    height: int = Field(ge=1, le=4096)
+    width: int = Field(ge=1, le=4096)
+    mean: list[float] = [0.0, 0.0, 0.0]
+    std: list[float] = [1.0, 1.0, 1.0]
+    layout: Literal["NCHW", "NHWC"] = "NCHW"
+
+
+class Preprocessing(_Strict):
+    text: TextPreprocessing | None = None
+    image: ImagePreprocessing | None = None
+
+
+class Postprocessing(_Strict):
+    label_output: str | None = None
+    labels: list[str] = []
+    top_k: int = Field(5, ge=1)
+
+
+class ModelConfig(BaseModel):
+    """``config.toml``; unknown top-level tables (e.g. ``[training]``) are kept as information."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str
+    platform: str = "onnxruntime_onnx"
+    description: str = ""
+    batching: BatchingConfig = BatchingConfig()
+    instances: InstancesConfig = InstancesConfig()
+    preprocessing: Preprocessing = Preprocessing()
+    postprocessing: Postprocessing = Postprocessing()
+
+    @classmethod
+    def load(cls, path: Path) -> ModelConfig:
+        with path.open("rb") as fh:
+            return cls.model_validate(tomllib.load(fh))
+
+
+class TensorSpec(BaseModel):
+    """One input or output of a model; ``-1`` marks a variable dimension (the batch dim first)."""
+
+    name: str
+    datatype: str
+    shape: list[int]
+    dim_names: list[str | None] = []
+    """Symbolic names of the dims (from the ONNX graph): inputs sharing one must agree on it."""
+
+    @field_validator("datatype")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        if value not in V2_TO_NUMPY:
+            raise ValueError(f"unknown datatype {value}")
+        return value
+
+    @property
+    def numpy_dtype(self) -> str:
+        return V2_TO_NUMPY[self.datatype]
+
+
+class ModelMeta(BaseModel):
+    """What a worker publishes about a loaded model."""
+
+    name: str
+    versions: list[str]
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    config: ModelConfig
+    tokenizer_json: str | None = None

@@ -1,0 +1,40 @@
+"""Runtime settings from flags and the environment (``FUSIONSERVE_*``, plus plain ``REDIS_URL``)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FUSIONSERVE_", extra="ignore")
+
+    redis_url: str | None = Field(
+        None, validation_alias=AliasChoices("REDIS_URL", "FUSIONSERVE_REDIS_URL")
+    )
+    model_repository: Path = Path("model_repository")
+    data_dir: Path = Path(".fusionserve")
+
+    # API
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_processes: int = Field(2, ge=1)
+    max_items: int = Field(1024, ge=1, description="most items in one submission")
+    max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024)
+    max_wait_s: float = Field(60.0, gt=0, description="longest ?wait= a client may ask for")
+
+    # Jobs
+    result_ttl_s: int = Field(3600, ge=1, description="how long finished results stay readable")
+    visibility_timeout_s: float = Field(
+        30.0, gt=0, description="an unacked entry idle this long is reclaimed by another worker"
+    )
+    max_deliveries: int = Field(3, ge=1, description="deliveries before an entry is dead-lettered")
+    heartbeat_s: float = Field(2.0, gt=0)
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

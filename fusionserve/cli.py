@@ -1,0 +1,98 @@
+"""The ``fusionserve`` command: ``up``, ``api``, ``worker``, ``export``."""
+
+from __future__ import annotations
+
+import sys
+
+if "api" in sys.argv[1:3]:  # gevent must patch sockets and ssl before anything imports them
+    from gevent import monkey
+
+    monkey.patch_all()
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Any
+
+from batching.settings import Settings
+
+
+def _settings(args: argparse.Namespace, **fields: Any) -> Settings:
+    """Flags override the environment; unset flags leave it alone."""
+    given = {k: v for k, v in fields.items() if v is not None}
+    return Settings(**given)
+
+
+def _serving_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", help="address to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port to bind (default 8000)")
+    parser.add_argument("--processes", type=int, help="API processes (default 2)")
+
+
+def _repository_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model-repository",
+        type=Path,
+        help="model repository directory (default model_repository)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fusionserve", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="run Redis (embedded unless REDIS_URL is set), API and workers")
+    _serving_flags(up)
+    _repository_flag(up)
+    up.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+
+    api = sub.add_parser("api", help="run the HTTP API under gunicorn (needs REDIS_URL)")
+    _serving_flags(api)
+
+    worker = sub.add_parser("worker", help="run a model worker (needs REDIS_URL)")
+    _repository_flag(worker)
+    worker.add_argument("models", nargs="*", help="models to serve (default: all)")
+
+    export = sub.add_parser("export", help="train a fusion model and export it to ONNX")
+    from fusion.cli import add_export_arguments
+
+    add_export_arguments(export)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
+    )
+    if args.command == "up":
+        from fusionserve.up import run_up
+
+        settings = _settings(
+            args,
+            host=args.host,
+            port=args.port,
+            api_processes=args.processes,
+            model_repository=args.model_repository,
+        )
+        return run_up(settings, args.workers)
+    if args.command == "api":
+        from server.serve import run_api
+
+        settings = _settings(args, host=args.host, port=args.port, api_processes=args.processes)
+        return run_api(settings)
+    if args.command == "worker":
+        from worker.main import run_worker
+
+        return run_worker(_settings(args, model_repository=args.model_repository), args.models)
+    if args.command == "export":
+        from fusion.cli import run_export
+
+        return run_export(args)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,23 @@
+"""The Flask application factory."""
+
+from __future__ import annotations
+
+from flask import Flask
+
+from batching.settings import Settings, get_settings
+from server import health, v1
+from server.errors import register_error_handlers
+from server.jsonio import OrjsonProvider
+from server.services import Services
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    settings = settings or get_settings()
+    app = Flask("fusionserve")
+    app.json = OrjsonProvider(app)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.extensions["fusionserve"] = Services.build(settings)
+    register_error_handlers(app)
+    app.register_blueprint(health.bp)
+    app.register_blueprint(v1.bp)
+    return app

@@ -1,0 +1,57 @@
+"""One error shape for every failure: ``{"error": {"code": …, "message": …}}``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+from flask import Flask, jsonify
+from werkzeug.exceptions import HTTPException
+
+
+class ApiError(Exception):
+    """An error the client can act on; ``status`` is the HTTP status to answer with."""
+
+    def __init__(self, status: int, code: str, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.extra = status, code, message, extra
+
+
+def bad_request(message: str) -> ApiError:
+    return ApiError(400, "bad_request", message)
+
+
+def invalid(message: str) -> ApiError:
+    return ApiError(422, "invalid_input", message)
+
+
+def not_found(code: str, message: str) -> ApiError:
+    return ApiError(404, code, message)
+
+
+def _body(status: int, code: str, message: str, **extra: Any):
+    response = jsonify({"error": {"code": code, "message": message, **extra}})
+    response.status_code = status
+    return response
+
+
+def register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(ApiError)
+    def _api_error(exc: ApiError):
+        return _body(exc.status, exc.code, exc.message, **exc.extra)
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException):
+        code = (exc.name or "error").lower().replace(" ", "_")
+        message = exc.description or exc.name
+        if exc.code == 413:
+            limit = app.config.get("MAX_CONTENT_LENGTH")
+            message = f"request body exceeds the limit of {limit} bytes"
+        return _body(exc.code or 500, code, message)
+
+    @app.errorhandler(redis.RedisError)
+    def _redis_down(exc: redis.RedisError):
+        app.logger.warning("redis unavailable: %s", exc)
+        response = _body(503, "unavailable", "the queue (Redis) is unreachable; retry shortly")
+        response.headers["Retry-After"] = "1"
+        return response

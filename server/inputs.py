@@ -1,0 +1,163 @@
+"""Turn validated request items into the tensors of one queue entry.
+
+Named tensors are checked against the published signature (names, dtypes, shapes,
+and that inputs sharing a symbolic dimension agree on it) so that one bad item can
+never poison a micro-batch. Raw ``text`` and ``image`` go through the model's own
+tokenizer and image settings. Every error names the item and the problem.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from batching import assembly
+from server.errors import ApiError, invalid
+from server.registry import PublishedModel
+from server.schemas import Item
+
+Image.MAX_IMAGE_PIXELS = 4096 * 4096
+IMAGE_FORMATS = ("PNG", "JPEG")
+
+
+def entry_tensors(items: Sequence[Item], model: PublishedModel) -> dict[str, np.ndarray]:
+    """All items as one entry: each input stacked along the batch axis, ragged dims padded."""
+    many = len(items) > 1
+    rows = []
+    for index, item in enumerate(items):
+        try:
+            rows.append(item_tensors(item, model))
+        except ApiError as exc:
+            if many:
+                exc.message = f"items[{index}]: {exc.message}"
+                exc.extra["item"] = index
+            raise
+    return assembly.stack(rows, pad_values(model))
+
+
+def pad_values(model: PublishedModel) -> dict[str, int]:
+    text = model.meta.config.preprocessing.text
+    return {text.ids_input: text.pad_id} if text else {}
+
+
+def item_tensors(item: Item, model: PublishedModel) -> dict[str, np.ndarray]:
+    """One item's tensors, each with a leading batch dimension of 1."""
+    if item.inputs is not None:
+        return named_tensors(item.inputs, model)
+    return raw_tensors(item, model)
+
+
+def named_tensors(given: dict[str, Any], model: PublishedModel) -> dict[str, np.ndarray]:
+    specs = {s.name: s for s in model.meta.inputs}
+    missing = sorted(specs.keys() - given.keys())
+    extra = sorted(given.keys() - specs.keys())
+    if missing:
+        raise invalid(f"missing input(s) {missing}; model {model.name} takes {sorted(specs)}")
+    if extra:
+        raise invalid(f"unknown input(s) {extra}; model {model.name} takes {sorted(specs)}")
+    tensors: dict[str, np.ndarray] = {}
+    for name, spec in specs.items():
+        tensors[name] = _tensor(name, given[name], spec.numpy_dtype, spec.datatype, spec.shape)[
+            None
+        ]
+    _check_shared_dims(tensors, model)
+    return tensors
+
+
+def _tensor(name: str, value: Any, dtype_name: str, datatype: str, shape: list[int]) -> np.ndarray:
+    dtype = np.dtype(dtype_name)
+    try:
+        array = np.array(value)
+    except (ValueError, OverflowError) as exc:
+        raise invalid(f"input '{name}' is not a rectangular array of numbers: {exc}") from None
+    if array.dtype.kind not in "biuf":
+        raise invalid(f"input '{name}' must hold numbers of type {datatype}, got {array.dtype}")
+    if dtype.kind in "iu" and array.dtype.kind == "f":
+        raise invalid(f"input '{name}' expects {datatype} integers, got floating-point values")
+    if dtype.kind == "b" and array.dtype.kind != "b":
+        raise invalid(f"input '{name}' expects BOOL values (true/false)")
+    if dtype.kind in "iu" and array.size:
+        info = np.iinfo(dtype)
+        if array.min() < info.min or array.max() > info.max:
+            raise invalid(f"input '{name}' has values outside the range of {datatype}")
+    row_shape = shape[1:]
+    if array.ndim == len(shape) and array.shape[:1] == (1,):
+        array = array[0]  # a batch dimension of 1 is accepted too
+    if array.ndim != len(row_shape) or any(
+        got == 0 or (want != -1 and got != want)
+        for got, want in zip(array.shape, row_shape, strict=True)
+    ):
+        raise invalid(
+            f"input '{name}' has shape {list(array.shape)}; one item must have shape "
+            f"{row_shape} (-1: any length of at least 1)"
+        )
+    return array.astype(dtype, copy=False)
+
+
+def _check_shared_dims(tensors: dict[str, np.ndarray], model: PublishedModel) -> None:
+    seen: dict[str, tuple[str, int]] = {}
+    for spec in model.meta.inputs:
+        for axis, dim in enumerate(spec.dim_names[1:], start=1):
+            if dim is None:
+                continue
+            size = tensors[spec.name].shape[axis]
+            if dim in seen and seen[dim][1] != size:
+                other, other_size = seen[dim]
+                raise invalid(
+                    f"inputs '{other}' and '{spec.name}' must agree on dimension '{dim}' "
+                    f"({other_size} vs {size})"
+                )
+            seen.setdefault(dim, (spec.name, size))
+
+
+def raw_tensors(item: Item, model: PublishedModel) -> dict[str, np.ndarray]:
+    pre = model.meta.config.preprocessing
+    tensors: dict[str, np.ndarray] = {}
+    if item.text is not None:
+        if pre.text is None or model.tokenizer is None:
+            raise invalid(f"model {model.name} takes no 'text'")
+        if not item.text.strip():
+            raise invalid("'text' is empty")
+        ids = model.tokenizer.encode(item.text).ids[: pre.text.max_length]
+        tensors[pre.text.ids_input] = np.array([ids], dtype=np.int64)
+        if pre.text.mask_input:
+            tensors[pre.text.mask_input] = np.ones((1, len(ids)), dtype=np.int64)
+    if item.image is not None:
+        if pre.image is None:
+            raise invalid(f"model {model.name} takes no 'image'")
+        tensors[pre.image.input] = _image(item.image, pre.image)[None]
+    needed = sorted({s.name for s in model.meta.inputs} - tensors.keys())
+    if needed:
+        wanted = [k for k, v in (("text", pre.text), ("image", pre.image)) if v is not None]
+        raise invalid(f"model {model.name} needs {wanted} (missing input(s) {needed})")
+    return tensors
+
+
+def _image(encoded: str, settings: Any) -> np.ndarray:
+    if "," in encoded[:64] and encoded.startswith("data:"):
+        encoded = encoded.split(",", 1)[1]  # a data URL
+    try:
+        data = base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):
+        raise invalid("'image' is not valid base64") from None
+    try:
+        with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as img:
+            img = img.convert("RGB")
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError, ValueError) as exc:
+        raise invalid(f"'image' could not be decoded as PNG or JPEG: {exc}") from None
+    return preprocess_image(img, settings)
+
+
+def preprocess_image(img: Image.Image, settings: Any) -> np.ndarray:
+    """Resize to the model's size, scale to [0, 1], normalise per channel, lay out as CHW."""
+    if img.size != (settings.width, settings.height):
+        img = img.resize((settings.width, settings.height), Image.Resampling.BILINEAR)
+    pixels = np.asarray(img, dtype=np.float32) / 255.0
+    pixels = (pixels - np.array(settings.mean, np.float32)) / np.array(settings.std, np.float32)
+    return pixels.transpose(2, 0, 1).copy() if settings.layout == "NCHW" else pixels

@@ -1,0 +1,56 @@
+"""Request bodies of the ``/v1`` API, validated at the edge."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class Item(BaseModel):
+    """One item: named tensors, or raw modalities preprocessed on the server."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    inputs: dict[str, Any] | None = None
+    text: str | None = None
+    image: str | None = Field(None, description="base64 PNG or JPEG")
+
+    @model_validator(mode="after")
+    def _one_form(self) -> Item:
+        raw = self.text is not None or self.image is not None
+        if self.inputs is not None and raw:
+            raise ValueError("give either 'inputs' (named tensors) or 'text'/'image', not both")
+        if self.inputs is None and not raw:
+            raise ValueError("an item needs 'inputs' (named tensors) or 'text' and 'image'")
+        return self
+
+
+class Submission(Item):
+    """``POST /v1/models/<m>/infer``: one item, or ``items`` (one queue entry for all)."""
+
+    items: list[Item] | None = None
+    priority: int | None = Field(None, ge=1)
+    timeout_ms: int | None = Field(None, ge=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _items_alone(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "items" in data:
+            clash = sorted({"inputs", "text", "image"} & data.keys())
+            if clash:
+                raise ValueError(f"'items' cannot be combined with {clash}; put them in the items")
+        return data
+
+    @model_validator(mode="after")
+    def _one_form(self) -> Submission:
+        if self.items is not None:
+            if not self.items:
+                raise ValueError("'items' is empty")
+            return self
+        return Item._one_form(self)  # type: ignore[arg-type]
+
+    def all_items(self) -> list[Item]:
+        if self.items is not None:
+            return self.items
+        return [Item(inputs=self.inputs, text=self.text, image=self.image)]

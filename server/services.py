@@ -1,0 +1,41 @@
+"""The per-app objects blueprints share: settings, Redis, broker, registry, reply listener."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import redis
+from flask import current_app
+
+from batching.broker import Broker
+from batching.settings import Settings
+from server.notify import ReplyListener
+from server.registry import ModelRegistry
+
+
+@dataclass
+class Services:
+    settings: Settings
+    redis: redis.Redis
+    broker: Broker
+    registry: ModelRegistry
+    listener: ReplyListener
+
+    @classmethod
+    def build(cls, settings: Settings) -> Services:
+        if not settings.redis_url:
+            raise RuntimeError("REDIS_URL is not set (fusionserve up starts an embedded server)")
+        client = redis.Redis.from_url(
+            settings.redis_url, socket_connect_timeout=2, health_check_interval=30
+        )
+        return cls(
+            settings=settings,
+            redis=client,
+            broker=Broker(client),
+            registry=ModelRegistry(client, settings.heartbeat_s),
+            listener=ReplyListener(client),
+        )
+
+
+def services() -> Services:
+    return current_app.extensions["fusionserve"]

@@ -1,0 +1,160 @@
+"""The asynchronous ``/v1`` API: submit work, read (or long-poll) jobs, list models."""
+
+from __future__ import annotations
+
+import time
+
+from flask import Blueprint, jsonify, request
+from pydantic import ValidationError
+
+from batching import codec, keys
+from batching.broker import JobView, QueueFull
+from server.errors import ApiError, bad_request, invalid, not_found
+from server.inputs import entry_tensors
+from server.jobs import JobId, job_ids, render
+from server.registry import PublishedModel
+from server.schemas import Submission
+from server.services import services
+
+bp = Blueprint("v1", __name__, url_prefix="/v1")
+
+
+def _model(name: str) -> PublishedModel:
+    model = services().registry.get(name)
+    if model is None:
+        raise not_found("model_not_found", f"no model named {name!r} is served")
+    return model
+
+
+def _json_body() -> dict:
+    body = request.get_json(silent=True)
+    if body is None:
+        raise bad_request("the body must be a JSON object (Content-Type: application/json)")
+    if not isinstance(body, dict):
+        raise bad_request("the body must be a JSON object")
+    return body
+
+
+def _validation_message(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:5]:
+        where = ".".join(str(p) for p in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        parts.append(f"{where}: {msg}" if where else msg)
+    return "; ".join(parts)
+
+
+@bp.post("/models/<name>/infer")
+def submit(name: str):
+    svc = services()
+    model = _model(name)
+    raw = _json_body()
+    items = raw.get("items")
+    if isinstance(items, list) and len(items) > svc.settings.max_items:
+        raise ApiError(
+            413,
+            "too_many_items",
+            f"{len(items)} items exceed the limit of {svc.settings.max_items} per submission",
+        )
+    try:
+        submission = Submission.model_validate(raw)
+    except ValidationError as exc:
+        raise invalid(_validation_message(exc)) from None
+    batching = model.meta.config.batching
+    priority = submission.priority or batching.priority_levels
+    if priority > batching.priority_levels:
+        raise invalid(f"priority must be 1..{batching.priority_levels} for model {name}")
+    timeout_ms = min(
+        submission.timeout_ms or batching.default_timeout_ms, batching.default_timeout_ms
+    )
+    items = submission.all_items()
+    tensors = entry_tensors(items, model)
+    svc.listener.ensure_started()
+    try:
+        entry = svc.broker.submit(
+            name,
+            tensors,
+            len(items),
+            priority=priority,
+            levels=batching.priority_levels,
+            reply_channel=svc.listener.channel,
+            max_queue_size=batching.max_queue_size,
+            deadline_ms=int(time.time() * 1000) + timeout_ms,
+        )
+    except QueueFull:
+        error = ApiError(429, "queue_full", f"model {name}'s queue is full; retry later")
+        raise error from None
+    ids = job_ids(name, entry, len(items))
+    if submission.items is not None:
+        body = {"job_ids": ids, "status_urls": [f"/v1/jobs/{i}" for i in ids]}
+    else:
+        body = {"job_id": ids[0], "status_url": f"/v1/jobs/{ids[0]}"}
+    return jsonify(body), 202
+
+
+@bp.get("/jobs/<job_id>")
+def get_job(job_id: str):
+    svc = services()
+    job = JobId.parse(job_id)
+    if job is None:
+        raise not_found("job_not_found", f"no job {job_id!r} (job ids look like model.entry.row)")
+    wait_arg = request.args.get("wait")
+    try:
+        wait_s = float(wait_arg) if wait_arg is not None else 0.0
+    except ValueError:
+        raise bad_request(f"wait must be a number of seconds, got {wait_arg!r}") from None
+    if not 0 <= wait_s <= svc.settings.max_wait_s:
+        raise bad_request(f"wait must be between 0 and {svc.settings.max_wait_s} seconds")
+    view = _wait_for(job, wait_s) if wait_s > 0 else svc.broker.read(job.model, job.entry)
+    if view is None or job.row >= view.rows:
+        raise not_found("job_not_found", f"no job {job_id!r} (unknown, or its result expired)")
+    return jsonify(render(job, view, svc.registry.get(job.model)))
+
+
+def _wait_for(job: JobId, wait_s: float) -> JobView | None:
+    """Long-poll: return when the job is final or ``wait_s`` passed, without busy polling."""
+    svc = services()
+    svc.listener.ensure_started()
+    record = keys.job(job.model, job.entry)
+    deadline = time.monotonic() + wait_s
+    ttl = int(svc.settings.max_wait_s) + 60
+    while True:
+        waiter = svc.listener.register(record)
+        try:
+            view = svc.broker.watch(job.model, job.entry, svc.listener.channel, ttl)
+            if view is None or view.result is not None:
+                return view
+            woke = waiter.wait(max(0.0, deadline - time.monotonic()))
+        finally:
+            svc.listener.unregister(waiter)
+        if woke and waiter.result is not None:
+            return _view_from_message(view, waiter.state or view.state, waiter.result)
+        if time.monotonic() >= deadline:
+            return svc.broker.read(job.model, job.entry)  # a missed message is not a lost result
+
+
+def _view_from_message(view: JobView, state: str, result: bytes) -> JobView:
+    return JobView(state=state, rows=view.rows, priority=view.priority, result=codec.unpack(result))
+
+
+@bp.get("/models")
+def list_models():
+    registry = services().registry
+    models = []
+    for name in registry.names():
+        model = registry.get(name)
+        if model is not None:
+            models.append(
+                {
+                    "name": name,
+                    "versions": model.meta.versions,
+                    "ready": model.ready_workers > 0,
+                    "workers": model.ready_workers,
+                }
+            )
+    return jsonify({"models": models})
+
+
+@bp.get("/models/<name>")
+def describe_model(name: str):
+    return jsonify(_model(name).describe())

@@ -1,0 +1,76 @@
+"""Small ONNX models built with onnx.helper for pipeline tests (no torch needed).
+
+``scale``: ``y = x * 2`` over ``x: float32 [batch, 4]`` — negligible compute.
+``masked_sum``: ``total = sum(ids * mask, axis=1)`` over int64 ``[batch, seq]`` inputs —
+a ragged text-like model whose output must not depend on padding.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+CONFIG = """\
+name = "{name}"
+platform = "onnxruntime_onnx"
+
+[batching]
+max_batch_size = {max_batch_size}
+max_queue_delay_ms = {delay_ms}
+priority_levels = 2
+max_queue_size = {max_queue_size}
+"""
+
+
+def _write(repository: Path, name: str, graph: onnx.GraphProto, config: str) -> Path:
+    directory = repository / name
+    (directory / "1").mkdir(parents=True, exist_ok=True)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, directory / "1" / "model.onnx")
+    (directory / "config.toml").write_text(config)
+    return directory
+
+
+def scale_model(
+    repository: Path,
+    name: str = "scale",
+    max_batch_size: int = 32,
+    delay_ms: float = 2.0,
+    max_queue_size: int = 10_000,
+) -> Path:
+    two = numpy_helper.from_array(np.array(2.0, dtype=np.float32), "two")
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "two"], ["y"])],
+        name,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
+        [two],
+    )
+    config = CONFIG.format(
+        name=name, max_batch_size=max_batch_size, delay_ms=delay_ms, max_queue_size=max_queue_size
+    )
+    return _write(repository, name, graph, config)
+
+
+def masked_sum_model(repository: Path, name: str = "masked_sum") -> Path:
+    axes = numpy_helper.from_array(np.array([1], dtype=np.int64), "axes")
+    graph = helper.make_graph(
+        [
+            helper.make_node("Mul", ["input_ids", "attention_mask"], ["kept"]),
+            helper.make_node("ReduceSum", ["kept", "axes"], ["total"], keepdims=0),
+        ],
+        name,
+        [
+            helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"]),
+            helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "seq"]),
+        ],
+        [helper.make_tensor_value_info("total", TensorProto.INT64, ["batch"])],
+        [axes],
+    )
+    config = CONFIG.format(name=name, max_batch_size=16, delay_ms=2.0, max_queue_size=10_000)
+    return _write(repository, name, graph, config)

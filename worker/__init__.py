@@ -1,0 +1,1 @@
+"""The model worker: ONNX Runtime sessions fed micro-batches from the Redis streams."""

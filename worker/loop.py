@@ -1,0 +1,186 @@
+"""The run loop of one model in one worker: pull, form a micro-batch, run, finish, ack."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+
+from batching import assembly, codec
+from batching.broker import FINAL_STATES, Broker, Entry, Finished, now_ms
+from batching.policy import BatchPolicy, Decision
+from batching.settings import Settings
+from worker.runtime import ModelRuntime
+
+log = logging.getLogger(__name__)
+
+IDLE_BLOCK_MS = 500
+"""How long an idle pull blocks: bounds how late a stop request or a reclaim check is seen."""
+
+
+class ModelLoop:
+    def __init__(
+        self,
+        broker: Broker,
+        runtime: ModelRuntime,
+        worker_id: str,
+        settings: Settings,
+        stop: threading.Event,
+    ) -> None:
+        self.broker = broker
+        self.runtime = runtime
+        self.model = runtime.files.name
+        self.batching = runtime.files.config.batching
+        self.worker_id = worker_id
+        self.settings = settings
+        self.stop = stop
+        self.policy = BatchPolicy(
+            max_batch_size=self.batching.max_batch_size,
+            max_queue_delay_s=self.batching.max_queue_delay_ms / 1000.0,
+        )
+        self.carry: list[Entry] = []
+        self.reclaim_every_s = min(self.settings.visibility_timeout_s / 2, 5.0)
+        self._next_reclaim = 0.0
+        self.batches = 0
+
+    def run(self) -> None:
+        levels = self.batching.priority_levels
+        self.broker.ensure_groups(self.model, levels)
+        log.info("worker %s serving %s", self.worker_id, self.model)
+        while not self.stop.is_set():
+            try:
+                self.step()
+            except Exception:  # a Redis hiccup or a bug must not kill the worker thread
+                log.exception("model loop %s failed; retrying", self.model)
+                time.sleep(0.5)
+        while self.carry:  # entries already delivered to us are ours to finish
+            self.process(self.take_batch(self.carry))
+
+    def step(self) -> None:
+        if time.monotonic() >= self._next_reclaim:
+            self._next_reclaim = time.monotonic() + self.reclaim_every_s
+            self.carry += self.reclaim()
+        entries = self.form_batch()
+        if entries:
+            self.process(entries)
+
+    def reclaim(self) -> list[Entry]:
+        claimed: list[Entry] = []
+        for level in range(1, self.batching.priority_levels + 1):
+            entries, dead = self.broker.reclaim(
+                self.model,
+                level,
+                self.worker_id,
+                min_idle_ms=int(self.settings.visibility_timeout_s * 1000),
+                max_deliveries=self.settings.max_deliveries,
+                ttl_s=self.settings.result_ttl_s,
+            )
+            if entries or dead:
+                log.warning(
+                    "%s p%d: reclaimed %d idle entries, dead-lettered %d",
+                    self.model,
+                    level,
+                    len(entries),
+                    len(dead),
+                )
+            claimed += entries
+        return claimed
+
+    def pull(self, count: int, block_ms: int | None) -> list[Entry]:
+        return self.broker.pull(
+            self.model, self.worker_id, self.batching.priority_levels, count, block_ms
+        )
+
+    def form_batch(self) -> list[Entry]:
+        """Gather entries per the batching policy; returns at most one batch, carries the rest."""
+        cap = self.batching.max_batch_size
+        entries, self.carry = self.carry, []
+        if not entries:
+            entries = self.pull(cap, IDLE_BLOCK_MS)
+            if not entries:
+                return []
+        state = self.policy.open(time.monotonic(), len(entries), sum(e.rows for e in entries))
+        while True:
+            decision, wait_s = self.policy.decide(state, time.monotonic())
+            if decision is Decision.RUN:
+                break
+            time.sleep(wait_s)
+            more = self.pull(max(1, cap - state.rows), None)
+            self.policy.add(state, len(more), sum(e.rows for e in more))
+            entries += more
+        return self.take_batch(entries)
+
+    def take_batch(self, entries: list[Entry]) -> list[Entry]:
+        """The leading entries that fit ``max_batch_size`` rows (at least one); the rest carry."""
+        cap, rows, n = self.batching.max_batch_size, 0, 0
+        for e in entries:
+            if n and rows + e.rows > cap:
+                break
+            rows += e.rows
+            n += 1
+        self.carry = entries[n:] + self.carry
+        return entries[:n]
+
+    def process(self, entries: Sequence[Entry]) -> None:
+        pulled_ms = now_ms()
+        states = self.broker.start(entries, self.worker_id)
+        finished: list[Finished] = []
+        live: list[Entry] = []
+        for entry, state in zip(entries, states, strict=True):
+            if state is None or state in FINAL_STATES:
+                # a redelivered duplicate or a record that is gone: only acknowledge it
+                finished.append(Finished(entry, "failed", {}))
+                continue
+            if entry.deadline_ms and entry.deadline_ms < pulled_ms:
+                message = "the job's deadline passed before it was batched; it never ran"
+                finished.append(Finished(entry, "expired", _error("expired", message)))
+                continue
+            try:
+                entry.inputs  # noqa: B018 - decode now so one bad entry fails alone
+            except codec.CodecError as exc:
+                finished.append(Finished(entry, "failed", _error("bad_entry", str(exc))))
+                continue
+            live.append(entry)
+        if live:
+            finished += self.run_batch(live, pulled_ms)
+        self.broker.complete(finished, self.settings.result_ttl_s)
+        self.policy.ran(sum(e.rows for e in live))
+        self.batches += 1
+
+    def run_batch(self, entries: Sequence[Entry], pulled_ms: float) -> list[Finished]:
+        cap = self.batching.max_batch_size
+        rows = [e.rows for e in entries]
+        started = time.perf_counter()
+        try:
+            if len(entries) == 1 and rows[0] > cap:  # an oversized entry runs alone, in chunks
+                parts = assembly.chunks(entries[0].inputs, rows[0], cap)
+                per_entry = [assembly.concat([self.runtime.run(p) for p in parts])]
+                batch_size = cap
+            else:
+                batch = assembly.stack([e.inputs for e in entries], self.runtime.pad_values)
+                per_entry = assembly.split(self.runtime.run(batch), rows)
+                batch_size = sum(rows)
+        except Exception as exc:  # the model rejected the batch: every entry in it fails
+            log.warning("%s: batch of %d rows failed: %s", self.model, sum(rows), exc)
+            return [Finished(e, "failed", _error("model_error", str(exc))) for e in entries]
+        compute_ms = (time.perf_counter() - started) * 1000.0
+        finished = []
+        for entry, outputs in zip(entries, per_entry, strict=True):
+            timings = {
+                "queue_ms": round(max(0.0, pulled_ms - entry.enqueued_ms), 3),
+                "compute_ms": round(compute_ms, 3),
+                "batch_size": batch_size,
+                "worker": self.worker_id,
+            }
+            result = {
+                "outputs": {k: codec.tensor_to_wire(v) for k, v in outputs.items()},
+                "timings": timings,
+                "version": self.runtime.version,
+            }
+            finished.append(Finished(entry, "done", result))
+        return finished
+
+
+def _error(code: str, message: str) -> dict[str, dict[str, str]]:
+    return {"error": {"code": code, "message": message}}
