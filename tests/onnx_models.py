@@ -74,3 +74,32 @@ def masked_sum_model(repository: Path, name: str = "masked_sum") -> Path:
     )
     config = CONFIG.format(name=name, max_batch_size=16, delay_ms=2.0, max_queue_size=10_000)
     return _write(repository, name, graph, config)
+
+
+def heavy_model(
+    repository: Path,
+    name: str = "heavy",
+    width: int = 256,
+    layers: int = 24,
+    max_batch_size: int = 8,
+) -> Path:
+    """``x: float32 [batch, width]`` through ``layers`` tanh(x @ W): a few ms per batch."""
+    rng = np.random.default_rng(0)
+    nodes, inits, current = [], [], "x"
+    for i in range(layers):
+        w = (rng.standard_normal((width, width)) / np.sqrt(width)).astype(np.float32)
+        inits.append(numpy_helper.from_array(w, f"w{i}"))
+        nodes.append(helper.make_node("MatMul", [current, f"w{i}"], [f"m{i}"]))
+        current = "y" if i == layers - 1 else f"h{i}"
+        nodes.append(helper.make_node("Tanh", [f"m{i}"], [current]))
+    graph = helper.make_graph(
+        nodes,
+        name,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", width])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", width])],
+        inits,
+    )
+    config = CONFIG.format(
+        name=name, max_batch_size=max_batch_size, delay_ms=2.0, max_queue_size=100_000
+    )
+    return _write(repository, name, graph, config)

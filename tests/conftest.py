@@ -1,0 +1,58 @@
+"""Shared fixtures: a real Redis-protocol server (embedded Valkey, or ``REDIS_URL``).
+
+With ``REDIS_URL`` set, the tests FLUSH that database: point it at a throwaway server.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from stack import Stack
+
+from fusionserve.embedded import EmbeddedRedis
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO = ROOT / "model_repository" / "demo"
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    if os.environ.get("REDIS_URL"):
+        yield os.environ["REDIS_URL"]
+        return
+    server = EmbeddedRedis(tmp_path_factory.mktemp("valkey"), appendonly=False).start()
+    yield server.url
+    server.stop()
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def stack_factory(redis_client: redis.Redis, redis_url: str, tmp_path: Path) -> Iterator:
+    """Build a :class:`Stack` over a model repository; every process is stopped afterwards."""
+    stacks: list[Stack] = []
+
+    def make(repository: Path, **env: str) -> Stack:
+        logs = tmp_path / f"logs{len(stacks)}"
+        logs.mkdir()
+        stack = Stack(redis_url, repository, logs, **env)
+        stacks.append(stack)
+        return stack
+
+    yield make
+    for stack in stacks:
+        stack.stop()

@@ -1,0 +1,107 @@
+"""The Streams broker against a real Redis-protocol server."""
+
+import time
+
+import numpy as np
+import pytest
+import redis
+
+from batching import codec, keys
+from batching.broker import Broker, Finished, QueueFull
+
+MODEL = "m"
+
+
+def submit(broker: Broker, rows: int = 1, priority: int = 2, max_queue: int = 100) -> str:
+    x = np.arange(rows * 2, dtype=np.float32).reshape(rows, 2)
+    return broker.submit(
+        MODEL,
+        {"x": x},
+        rows,
+        priority=priority,
+        levels=2,
+        reply_channel="fs:reply:test",
+        max_queue_size=max_queue,
+        deadline_ms=0,
+    )
+
+
+@pytest.fixture
+def broker(redis_client: redis.Redis) -> Broker:
+    b = Broker(redis_client)
+    b.ensure_groups(MODEL, 2)
+    return b
+
+
+def test_one_entry_holds_all_rows_and_a_queued_record(broker: Broker) -> None:
+    eid = submit(broker, rows=3)
+    view = broker.read(MODEL, eid)
+    assert (view.state, view.rows, view.result) == ("queued", 3, None)
+    [entry] = broker.pull(MODEL, "w1", 2, 10, None)
+    assert entry.ref == eid and entry.rows == 3 and entry.inputs["x"].shape == (3, 2)
+
+
+def test_higher_priority_entries_come_first(broker: Broker) -> None:
+    low = submit(broker, priority=2)
+    high = submit(broker, priority=1)
+    assert [e.ref for e in broker.pull(MODEL, "w1", 2, 10, None)] == [high, low]
+
+
+def test_complete_writes_publishes_acks_and_deletes(broker: Broker, redis_client) -> None:
+    pubsub = redis_client.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe("fs:reply:test")
+    eid = submit(broker)
+    [entry] = broker.pull(MODEL, "w1", 2, 10, None)
+    assert broker.start([entry], "w1") == ["running"]
+    result = {"outputs": {"y": codec.tensor_to_wire(np.ones((1, 2), np.float32))}}
+    assert broker.complete([Finished(entry, "done", result)], ttl_s=60) == 1
+    view = broker.read(MODEL, eid)
+    assert view.state == "done" and view.result["outputs"]["y"]["shape"] == [1, 2]
+    assert redis_client.xlen(keys.stream(MODEL, 2)) == 0
+    assert redis_client.xpending(keys.stream(MODEL, 2), keys.GROUP)["pending"] == 0
+    assert 0 < redis_client.ttl(keys.job(MODEL, eid)) <= 60
+    message = None
+    deadline = time.monotonic() + 5
+    while message is None and time.monotonic() < deadline:
+        message = pubsub.get_message(timeout=1)
+    record, state, blob = message["data"].split(b"\n", 2)
+    assert record.decode() == keys.job(MODEL, eid) and state == b"done"
+    assert codec.unpack(blob) == view.result
+
+
+def test_a_late_duplicate_never_overwrites_a_final_result(broker: Broker) -> None:
+    eid = submit(broker)
+    [entry] = broker.pull(MODEL, "w1", 2, 10, None)
+    broker.complete([Finished(entry, "done", {"n": 1})], ttl_s=60)
+    assert broker.start([entry], "w2") == ["done"]
+    assert broker.complete([Finished(entry, "failed", {"n": 2})], ttl_s=60) == 0
+    assert broker.read(MODEL, eid).result == {"n": 1}
+
+
+def test_watch_registers_a_poller_that_is_not_the_submitter(broker: Broker, redis_client) -> None:
+    eid = submit(broker)
+    assert broker.watch(MODEL, eid, "fs:reply:other", 30).result is None
+    assert redis_client.smembers(keys.watchers(MODEL, eid)) == {b"fs:reply:other"}
+    assert broker.watch(MODEL, "1-1-2", "fs:reply:other", 30) is None
+
+
+def test_a_full_queue_refuses_and_enqueues_nothing(broker: Broker, redis_client) -> None:
+    submit(broker, max_queue=2)
+    submit(broker, priority=1, max_queue=2)
+    with pytest.raises(QueueFull):
+        submit(broker, max_queue=2)
+    assert broker.queue_length(MODEL, 2) == 2
+    assert len(redis_client.keys(keys.job(MODEL, "*"))) == 2
+
+
+def test_idle_entries_are_reclaimed_then_dead_lettered(broker: Broker) -> None:
+    eid = submit(broker)
+    broker.pull(MODEL, "crashed", 2, 10, None)
+    time.sleep(0.02)
+    claimed, dead = broker.reclaim(MODEL, 2, "w2", min_idle_ms=10, max_deliveries=2, ttl_s=60)
+    assert [e.ref for e in claimed] == [eid] and dead == []
+    time.sleep(0.02)
+    claimed, dead = broker.reclaim(MODEL, 2, "w3", min_idle_ms=10, max_deliveries=2, ttl_s=60)
+    assert claimed == [] and dead == [eid]
+    view = broker.read(MODEL, eid)
+    assert view.state == "failed" and view.result["error"]["code"] == "dead_letter"

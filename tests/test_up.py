@@ -1,0 +1,81 @@
+"""``fusionserve up`` runs embedded Valkey, the API and workers, and leaves nothing behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+from onnx_models import scale_model
+from stack import ROOT
+
+from fusionserve.embedded import free_port
+
+
+def children(pid: int) -> set[int]:
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.add(int(entry.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    return state != "Z"
+
+
+def test_up_serves_and_sigterm_stops_everything(tmp_path: Path) -> None:
+    scale_model(tmp_path / "repo")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+    env.update(PYTHONPATH=str(ROOT), FUSIONSERVE_DATA_DIR=str(tmp_path / "data"))
+    cmd = [sys.executable, "-m", "fusionserve.cli", "up", "--port", str(port)]
+    cmd += ["--workers", "2", "--model-repository", str(tmp_path / "repo")]
+    up = subprocess.Popen(cmd, env=env, cwd=ROOT)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if (
+                    httpx.get(f"{url}/readyz", timeout=1).json().get("workers", {}).get("scale")
+                    == 2
+                ):
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        else:
+            raise AssertionError("fusionserve up never became ready")
+        job = httpx.post(f"{url}/v1/models/scale/infer", json={"inputs": {"x": [1, 2, 3, 4]}})
+        assert job.status_code == 202
+        result = httpx.get(f"{url}{job.json()['status_url']}", params={"wait": 10}).json()
+        assert result["outputs"]["y"] == [2.0, 4.0, 6.0, 8.0]
+        spawned = children(up.pid)
+        assert len(spawned) == 4  # valkey-server, the API (gunicorn master), two workers
+        spawned |= {grandchild for child in spawned for grandchild in children(child)}
+        assert len(spawned) >= 5  # and the API's gunicorn worker processes
+        assert (tmp_path / "data" / "redis").is_dir()  # the append-only file lives here
+        up.send_signal(signal.SIGTERM)
+        assert up.wait(60) == 0
+        deadline = time.monotonic() + 10
+        while any(alive(p) for p in spawned) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not [p for p in spawned if alive(p)]
+    finally:
+        if up.poll() is None:
+            up.kill()
