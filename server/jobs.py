@@ -1,6 +1,7 @@
 """Job ids and how a job looks to clients.
 
-A job id addresses one row of one queue entry: ``<model>.<entry id>.<row>``, so a
+A job id addresses one row of one queue entry: ``<model>.<entry ref>.<row>``, where the
+reference is ``<stream entry id>-<priority level>``. So a
 list of 64 items is one entry and one record, and reading one item reads that record.
 """
 
@@ -17,7 +18,7 @@ from batching.broker import JobView
 from server.registry import PublishedModel
 
 JOB_ID = re.compile(
-    r"^(?P<model>[A-Za-z0-9_-]{1,64})\.(?P<entry>\d{1,20}-\d{1,20})\.(?P<row>\d{1,6})$"
+    r"^(?P<model>[A-Za-z0-9_-]{1,64})\.(?P<entry>\d{1,20}-\d{1,20}-\d{1,2})\.(?P<row>\d{1,6})$"
 )
 
 

@@ -27,9 +27,9 @@ def _model(name: str) -> PublishedModel:
 
 
 def _json_body() -> dict:
-    body = request.get_json(silent=True)
+    body = request.get_json(force=True, silent=True)  # curl -d sends a form content type
     if body is None:
-        raise bad_request("the body must be a JSON object (Content-Type: application/json)")
+        raise bad_request("the body must be a JSON object")
     if not isinstance(body, dict):
         raise bad_request("the body must be a JSON object")
     return body
