@@ -11,13 +11,14 @@ from __future__ import annotations
 import base64
 import binascii
 import io
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from batching import assembly
+from batching.model_config import TensorSpec
 from server.errors import ApiError, invalid
 from server.registry import PublishedModel
 from server.schemas import Item
@@ -54,53 +55,70 @@ def item_tensors(item: Item, model: PublishedModel) -> dict[str, np.ndarray]:
 
 
 def named_tensors(given: dict[str, Any], model: PublishedModel) -> dict[str, np.ndarray]:
-    specs = {s.name: s for s in model.meta.inputs}
-    missing = sorted(specs.keys() - given.keys())
-    extra = sorted(given.keys() - specs.keys())
+    check_names(given.keys(), model)
+    tensors: dict[str, np.ndarray] = {}
+    for spec in model.meta.inputs:
+        array = to_array(spec.name, given[spec.name], spec)
+        if array.ndim == len(spec.shape) and array.shape[:1] == (1,):
+            array = array[0]  # a batch dimension of 1 is accepted too
+        if not _fits(array.shape, spec.shape[1:]):
+            raise invalid(
+                f"input '{spec.name}' has shape {list(array.shape)}; one item must have shape "
+                f"{spec.shape[1:]} (-1: any length of at least 1)"
+            )
+        tensors[spec.name] = array[None]
+    check_shared_dims(tensors, model)
+    return tensors
+
+
+def check_names(given: Iterable[str], model: PublishedModel) -> None:
+    specs = {s.name for s in model.meta.inputs}
+    missing = sorted(specs - set(given))
+    extra = sorted(set(given) - specs)
     if missing:
         raise invalid(f"missing input(s) {missing}; model {model.name} takes {sorted(specs)}")
     if extra:
         raise invalid(f"unknown input(s) {extra}; model {model.name} takes {sorted(specs)}")
-    tensors: dict[str, np.ndarray] = {}
-    for name, spec in specs.items():
-        tensors[name] = _tensor(name, given[name], spec.numpy_dtype, spec.datatype, spec.shape)[
-            None
-        ]
-    _check_shared_dims(tensors, model)
-    return tensors
 
 
-def _tensor(name: str, value: Any, dtype_name: str, datatype: str, shape: list[int]) -> np.ndarray:
-    dtype = np.dtype(dtype_name)
+def to_array(name: str, value: Any, spec: TensorSpec) -> np.ndarray:
+    """``value`` (nested lists) as the input's dtype, refusing lossy or non-numeric values."""
+    dtype = np.dtype(spec.numpy_dtype)
     try:
         array = np.array(value)
     except (ValueError, OverflowError) as exc:
         raise invalid(f"input '{name}' is not a rectangular array of numbers: {exc}") from None
     if array.dtype.kind not in "biuf":
-        raise invalid(f"input '{name}' must hold numbers of type {datatype}, got {array.dtype}")
+        raise invalid(
+            f"input '{name}' must hold numbers of type {spec.datatype}, got {array.dtype}"
+        )
     if dtype.kind in "iu" and array.dtype.kind == "f":
-        raise invalid(f"input '{name}' expects {datatype} integers, got floating-point values")
+        raise invalid(f"input '{name}' expects {spec.datatype} integers, got floating-point values")
     if dtype.kind == "b" and array.dtype.kind != "b":
         raise invalid(f"input '{name}' expects BOOL values (true/false)")
     if dtype.kind in "iu" and array.size:
         info = np.iinfo(dtype)
         if array.min() < info.min or array.max() > info.max:
-            raise invalid(f"input '{name}' has values outside the range of {datatype}")
-    row_shape = shape[1:]
-    if array.ndim == len(shape) and array.shape[:1] == (1,):
-        array = array[0]  # a batch dimension of 1 is accepted too
-    if array.ndim != len(row_shape) or any(
-        got == 0 or (want != -1 and got != want)
-        for got, want in zip(array.shape, row_shape, strict=True)
-    ):
-        raise invalid(
-            f"input '{name}' has shape {list(array.shape)}; one item must have shape "
-            f"{row_shape} (-1: any length of at least 1)"
-        )
+            raise invalid(f"input '{name}' has values outside the range of {spec.datatype}")
     return array.astype(dtype, copy=False)
 
 
-def _check_shared_dims(tensors: dict[str, np.ndarray], model: PublishedModel) -> None:
+def check_batch_shape(name: str, array: np.ndarray, spec: TensorSpec) -> None:
+    """A batch of rows: any batch size of at least 1, the rest as the signature says."""
+    if array.ndim == 0 or array.shape[0] == 0 or not _fits(array.shape[1:], spec.shape[1:]):
+        raise invalid(
+            f"input '{name}' has shape {list(array.shape)}; the model takes {spec.shape} "
+            "(-1: any length of at least 1)"
+        )
+
+
+def _fits(shape: Sequence[int], wanted: Sequence[int]) -> bool:
+    return len(shape) == len(wanted) and all(
+        got > 0 and want in (-1, got) for got, want in zip(shape, wanted, strict=True)
+    )
+
+
+def check_shared_dims(tensors: dict[str, np.ndarray], model: PublishedModel) -> None:
     seen: dict[str, tuple[str, int]] = {}
     for spec in model.meta.inputs:
         for axis, dim in enumerate(spec.dim_names[1:], start=1):

@@ -5,6 +5,10 @@ that submitted it (and of any process long-polling it), so a waiting request
 costs no extra Redis read and holds no connection of its own. Pub/sub is
 fire-and-forget: after a reconnect every waiter is woken to re-read the stored
 result, and a waiter that times out reads it once more before giving up.
+
+A result can arrive before its waiter registers (a fast worker answers while the
+submitting request is still on its way back from Redis), so the last few unclaimed
+messages are kept for a moment and handed to a waiter that registers late.
 """
 
 from __future__ import annotations
@@ -13,7 +17,9 @@ import contextlib
 import logging
 import os
 import threading
+import time
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import redis
@@ -21,6 +27,9 @@ import redis
 from batching import keys
 
 log = logging.getLogger(__name__)
+
+UNCLAIMED_KEEP = 1024
+UNCLAIMED_MAX_AGE_S = 5.0
 
 
 @dataclass
@@ -43,6 +52,7 @@ class ReplyListener:
         self._waiters: dict[str, list[Waiter]] = {}
         self._lock = threading.Lock()
         self._subscribed = threading.Event()
+        self._unclaimed: OrderedDict[str, tuple[float, str, bytes]] = OrderedDict()
 
     def ensure_started(self, timeout_s: float = 5.0) -> None:
         """Start (once per process, after any fork) and wait until subscribed."""
@@ -59,7 +69,12 @@ class ReplyListener:
     def register(self, record: str) -> Waiter:
         waiter = Waiter(record)
         with self._lock:
-            self._waiters.setdefault(record, []).append(waiter)
+            early = self._unclaimed.pop(record, None)
+            if early is None:
+                self._waiters.setdefault(record, []).append(waiter)
+        if early is not None:
+            waiter.state, waiter.result = early[1], early[2]
+            waiter.event.set()
         return waiter
 
     def unregister(self, waiter: Waiter) -> None:
@@ -72,11 +87,23 @@ class ReplyListener:
 
     def _dispatch(self, data: bytes) -> None:
         record, state, result = data.split(b"\n", 2)
+        key = record.decode()
         with self._lock:
-            waiters = self._waiters.pop(record.decode(), [])
+            waiters = self._waiters.pop(key, [])
+            if not waiters:
+                self._keep_unclaimed(key, state.decode(), result)
         for w in waiters:
             w.state, w.result = state.decode(), result
             w.event.set()
+
+    def _keep_unclaimed(self, record: str, state: str, result: bytes) -> None:
+        now = time.monotonic()
+        self._unclaimed[record] = (now, state, result)
+        while self._unclaimed and (
+            len(self._unclaimed) > UNCLAIMED_KEEP
+            or next(iter(self._unclaimed.values()))[0] < now - UNCLAIMED_MAX_AGE_S
+        ):
+            self._unclaimed.popitem(last=False)
 
     def _wake_all(self) -> None:
         with self._lock:

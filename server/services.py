@@ -10,6 +10,7 @@ from flask import current_app
 from batching.broker import Broker
 from batching.settings import Settings
 from server.notify import ReplyListener
+from server.queue import JobQueue
 from server.registry import ModelRegistry
 
 
@@ -20,6 +21,7 @@ class Services:
     broker: Broker
     registry: ModelRegistry
     listener: ReplyListener
+    queue: JobQueue
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -28,12 +30,14 @@ class Services:
         client = redis.Redis.from_url(
             settings.redis_url, socket_connect_timeout=2, health_check_interval=30
         )
+        broker, listener = Broker(client), ReplyListener(client)
         return cls(
             settings=settings,
             redis=client,
-            broker=Broker(client),
+            broker=broker,
             registry=ModelRegistry(client, settings.heartbeat_s),
-            listener=ReplyListener(client),
+            listener=listener,
+            queue=JobQueue(broker, listener, settings),
         )
 
 

@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import time
-
 from flask import Blueprint, jsonify, request
 from pydantic import ValidationError
 
-from batching import codec, keys
-from batching.broker import JobView, QueueFull
 from server.errors import ApiError, bad_request, invalid, not_found
 from server.inputs import entry_tensors
 from server.jobs import JobId, job_ids, render
@@ -60,30 +56,15 @@ def submit(name: str):
         submission = Submission.model_validate(raw)
     except ValidationError as exc:
         raise invalid(_validation_message(exc)) from None
-    batching = model.meta.config.batching
-    priority = submission.priority or batching.priority_levels
-    if priority > batching.priority_levels:
-        raise invalid(f"priority must be 1..{batching.priority_levels} for model {name}")
-    timeout_ms = min(
-        submission.timeout_ms or batching.default_timeout_ms, batching.default_timeout_ms
-    )
     items = submission.all_items()
     tensors = entry_tensors(items, model)
-    svc.listener.ensure_started()
-    try:
-        entry = svc.broker.submit(
-            name,
-            tensors,
-            len(items),
-            priority=priority,
-            levels=batching.priority_levels,
-            reply_channel=svc.listener.channel,
-            max_queue_size=batching.max_queue_size,
-            deadline_ms=int(time.time() * 1000) + timeout_ms,
-        )
-    except QueueFull:
-        error = ApiError(429, "queue_full", f"model {name}'s queue is full; retry later")
-        raise error from None
+    entry = svc.queue.submit(
+        model,
+        tensors,
+        len(items),
+        priority=submission.priority,
+        timeout_ms=submission.timeout_ms,
+    )
     ids = job_ids(name, entry, len(items))
     if submission.items is not None:
         body = {"job_ids": ids, "status_urls": [f"/v1/jobs/{i}" for i in ids]}
@@ -105,36 +86,13 @@ def get_job(job_id: str):
         raise bad_request(f"wait must be a number of seconds, got {wait_arg!r}") from None
     if not 0 <= wait_s <= svc.settings.max_wait_s:
         raise bad_request(f"wait must be between 0 and {svc.settings.max_wait_s} seconds")
-    view = _wait_for(job, wait_s) if wait_s > 0 else svc.broker.read(job.model, job.entry)
+    if wait_s > 0:
+        view = svc.queue.wait(job.model, job.entry, wait_s)
+    else:
+        view = svc.queue.read(job.model, job.entry)
     if view is None or job.row >= view.rows:
         raise not_found("job_not_found", f"no job {job_id!r} (unknown, or its result expired)")
     return jsonify(render(job, view, svc.registry.get(job.model)))
-
-
-def _wait_for(job: JobId, wait_s: float) -> JobView | None:
-    """Long-poll: return when the job is final or ``wait_s`` passed, without busy polling."""
-    svc = services()
-    svc.listener.ensure_started()
-    record = keys.job(job.model, job.entry)
-    deadline = time.monotonic() + wait_s
-    ttl = int(svc.settings.max_wait_s) + 60
-    while True:
-        waiter = svc.listener.register(record)
-        try:
-            view = svc.broker.watch(job.model, job.entry, svc.listener.channel, ttl)
-            if view is None or view.result is not None:
-                return view
-            woke = waiter.wait(max(0.0, deadline - time.monotonic()))
-        finally:
-            svc.listener.unregister(waiter)
-        if woke and waiter.result is not None:
-            return _view_from_message(view, waiter.state or view.state, waiter.result)
-        if time.monotonic() >= deadline:
-            return svc.broker.read(job.model, job.entry)  # a missed message is not a lost result
-
-
-def _view_from_message(view: JobView, state: str, result: bytes) -> JobView:
-    return JobView(state=state, rows=view.rows, priority=view.priority, result=codec.unpack(result))
 
 
 @bp.get("/models")

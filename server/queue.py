@@ -1,0 +1,100 @@
+"""Submitting and waiting, below the HTTP layer: the one code path ``/v1`` and ``/v2`` share."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+
+import numpy as np
+
+from batching import codec, keys
+from batching.broker import Broker, JobView, QueueFull
+from batching.settings import Settings
+from server.errors import ApiError, invalid
+from server.notify import ReplyListener, Waiter
+from server.registry import PublishedModel
+
+
+class JobQueue:
+    def __init__(self, broker: Broker, listener: ReplyListener, settings: Settings) -> None:
+        self.broker, self.listener, self.settings = broker, listener, settings
+
+    def submit(
+        self,
+        model: PublishedModel,
+        tensors: Mapping[str, np.ndarray],
+        rows: int,
+        *,
+        priority: int | None = None,
+        timeout_ms: int | None = None,
+    ) -> str:
+        """Enqueue one entry; returns its reference. Raises 422 for a bad priority, 429 if full."""
+        batching = model.meta.config.batching
+        level = priority or batching.priority_levels
+        if not 1 <= level <= batching.priority_levels:
+            raise invalid(f"priority must be 1..{batching.priority_levels} for model {model.name}")
+        timeout_ms = min(timeout_ms or batching.default_timeout_ms, batching.default_timeout_ms)
+        self.listener.ensure_started()
+        try:
+            return self.broker.submit(
+                model.name,
+                tensors,
+                rows,
+                priority=level,
+                levels=batching.priority_levels,
+                reply_channel=self.listener.channel,
+                max_queue_size=batching.max_queue_size,
+                deadline_ms=int(time.time() * 1000) + timeout_ms,
+            )
+        except QueueFull:
+            raise ApiError(
+                429, "queue_full", f"model {model.name}'s queue is full; retry later"
+            ) from None
+
+    def read(self, model: str, ref: str) -> JobView | None:
+        return self.broker.read(model, ref)
+
+    def wait(self, model: str, ref: str, wait_s: float) -> JobView | None:
+        """Long-poll a job someone submitted, maybe through another API process."""
+        self.listener.ensure_started()
+        record = keys.job(model, ref)
+        deadline = time.monotonic() + wait_s
+        ttl = int(self.settings.max_wait_s) + 60
+        while True:
+            waiter = self.listener.register(record)
+            try:
+                view = self.broker.watch(model, ref, self.listener.channel, ttl)
+                if view is None or view.result is not None:
+                    return view
+                self._park(waiter, deadline)
+            finally:
+                self.listener.unregister(waiter)
+            if waiter.result is not None:
+                return _from_message(view, waiter)
+            if time.monotonic() >= deadline:
+                return self.broker.read(model, ref)  # a missed message is not a lost result
+
+    def wait_submitted(self, model: str, ref: str, wait_s: float) -> JobView | None:
+        """Wait for an entry this process just submitted: its result is published to us."""
+        deadline = time.monotonic() + wait_s
+        waiter = self.listener.register(keys.job(model, ref))
+        try:
+            self._park(waiter, deadline)
+        finally:
+            self.listener.unregister(waiter)
+        if waiter.result is not None:
+            return JobView(waiter.state or "done", 0, 0, codec.unpack(waiter.result))
+        return self.wait(model, ref, max(0.0, deadline - time.monotonic()))
+
+    @staticmethod
+    def _park(waiter: Waiter, deadline: float) -> None:
+        waiter.wait(max(0.0, deadline - time.monotonic()))
+
+
+def _from_message(view: JobView, waiter: Waiter) -> JobView:
+    return JobView(
+        state=waiter.state or view.state,
+        rows=view.rows,
+        priority=view.priority,
+        result=codec.unpack(waiter.result or b""),
+    )
