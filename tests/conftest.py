@@ -41,13 +41,11 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
     client.close()
 
 
-@pytest.fixture
-def stack_factory(redis_client: redis.Redis, redis_url: str, tmp_path: Path) -> Iterator:
-    """Build a :class:`Stack` over a model repository; every process is stopped afterwards."""
+def _stacks(redis_url: str, tmp: Path) -> Iterator:
     stacks: list[Stack] = []
 
     def make(repository: Path, **env: str) -> Stack:
-        logs = tmp_path / f"logs{len(stacks)}"
+        logs = tmp / f"logs{len(stacks)}"
         logs.mkdir()
         stack = Stack(redis_url, repository, logs, **env)
         stacks.append(stack)
@@ -56,3 +54,25 @@ def stack_factory(redis_client: redis.Redis, redis_url: str, tmp_path: Path) -> 
     yield make
     for stack in stacks:
         stack.stop()
+
+
+@pytest.fixture
+def stack_factory(redis_client: redis.Redis, redis_url: str, tmp_path: Path) -> Iterator:
+    """Build a :class:`Stack` over a model repository; every process is stopped afterwards."""
+    yield from _stacks(redis_url, tmp_path)
+
+
+@pytest.fixture(scope="module")
+def module_stack_factory(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator:
+    """Like ``stack_factory``, shared by a module's tests (Redis is flushed once, at the start)."""
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    client.close()
+    yield from _stacks(redis_url, tmp_path_factory.mktemp("stack"))
+
+
+@pytest.fixture(scope="module")
+def module_redis(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()

@@ -14,18 +14,18 @@ from fusion import data
 MODEL = "demo"
 
 
-@pytest.fixture
-def api(stack_factory, redis_client) -> Iterator[tuple[httpx.Client, object]]:
+@pytest.fixture(scope="module")
+def api(module_stack_factory, module_redis) -> Iterator[tuple[httpx.Client, object]]:
     from conftest import DEMO
 
-    stack = stack_factory(
+    stack = module_stack_factory(
         DEMO.parent, FUSIONSERVE_MAX_ITEMS="8", FUSIONSERVE_MAX_BODY_BYTES=str(1024 * 1024)
     )
     stack.start_api()
     stack.start_worker()
     stack.wait_ready(MODEL, 1)
     with httpx.Client(base_url=stack.url, timeout=30) as http:
-        yield http, redis_client
+        yield http, module_redis
 
 
 def sample_item() -> dict:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import httpx
 import numpy as np
 import pytest
@@ -11,16 +9,17 @@ from helpers import entries_added
 from onnx_models import masked_sum_model, scale_model
 
 
-@pytest.fixture
-def v2(stack_factory, redis_client, tmp_path: Path):
-    scale_model(tmp_path / "repo")
-    masked_sum_model(tmp_path / "repo")
-    stack = stack_factory(tmp_path / "repo")
+@pytest.fixture(scope="module")
+def v2(module_stack_factory, module_redis, tmp_path_factory: pytest.TempPathFactory):
+    repo = tmp_path_factory.mktemp("repo")
+    scale_model(repo)
+    masked_sum_model(repo)
+    stack = module_stack_factory(repo)
     stack.start_api()
     stack.start_worker()
     stack.wait_ready("scale", 1)
     with httpx.Client(base_url=stack.url, timeout=30) as http:
-        yield http, redis_client
+        yield http, module_redis
 
 
 def tensor(name: str, array: np.ndarray, datatype: str) -> dict:
