@@ -34,6 +34,10 @@ def entry_millis(entry_id: str) -> int:
     return int(entry_id.split("-", 1)[0])
 
 
+def entry_ref(entry_id: str, priority: int) -> str:
+    return f"{entry_id}-{priority}"
+
+
 @dataclass
 class Entry:
     """One submission as a worker pulled it: ``rows`` rows of every input."""
@@ -51,6 +55,11 @@ class Entry:
         if self._inputs is None:
             self._inputs = codec.unpack_tensors(self.payload)
         return self._inputs
+
+    @property
+    def ref(self) -> str:
+        """``<entry id>-<level>``: names the entry's job record, unique within the model."""
+        return f"{self.id}-{self.priority}"
 
     @property
     def enqueued_ms(self) -> int:
@@ -103,7 +112,7 @@ class Broker:
         max_queue_size: int,
         deadline_ms: int,
     ) -> str:
-        """Enqueue one entry of ``rows`` rows; returns its entry id or raises QueueFull."""
+        """Enqueue one entry of ``rows`` rows; returns its reference or raises QueueFull."""
         streams = [keys.stream(model, p) for p in range(1, levels + 1)]
         entry_id = self._submit(
             keys=[keys.stream(model, priority), *streams],
@@ -119,18 +128,18 @@ class Broker:
         )
         if entry_id is None:
             raise QueueFull(model)
-        return entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+        return entry_ref(entry_id.decode(), priority)
 
-    def watch(self, model: str, entry_id: str, reply_channel: str, ttl_s: int) -> JobView | None:
+    def watch(self, model: str, ref: str, reply_channel: str, ttl_s: int) -> JobView | None:
         """Read a job; if not final, ask for its result on ``reply_channel`` too."""
         found = self._watch(
-            keys=[keys.job(model, entry_id), keys.watchers(model, entry_id)],
+            keys=[keys.job(model, ref), keys.watchers(model, ref)],
             args=[reply_channel, ttl_s],
         )
         return _job_view(found) if found else None
 
-    def read(self, model: str, entry_id: str) -> JobView | None:
-        found = self.redis.hmget(keys.job(model, entry_id), "st", "n", "pr", "res")
+    def read(self, model: str, ref: str) -> JobView | None:
+        found = self.redis.hmget(keys.job(model, ref), "st", "n", "pr", "res")
         return _job_view(found) if found[0] else None
 
     def queue_length(self, model: str, levels: int) -> int:
@@ -169,7 +178,7 @@ class Broker:
 
     def start(self, entries: Sequence[Entry], worker_id: str) -> list[str | None]:
         """Mark pulled entries running; returns each record's state (final ones are skipped)."""
-        states = self._start(keys=[keys.job(e.model, e.id) for e in entries], args=[worker_id])
+        states = self._start(keys=[keys.job(e.model, e.ref) for e in entries], args=[worker_id])
         return [s.decode() if isinstance(s, bytes) else s for s in states]
 
     def complete(self, finished: Iterable[Finished], ttl_s: int) -> int:
@@ -180,8 +189,8 @@ class Broker:
             e = f.entry
             keys_ += [
                 keys.stream(e.model, e.priority),
-                keys.job(e.model, e.id),
-                keys.watchers(e.model, e.id),
+                keys.job(e.model, e.ref),
+                keys.watchers(e.model, e.ref),
             ]
             args += [e.id, f.state, codec.pack(f.result)]
         if not keys_:
@@ -221,6 +230,7 @@ class Broker:
                 ttl_s,
                 dead_result,
                 keys.watchers(model, ""),
+                priority,
             ],
         )
         entries = [_entry(model, priority, eid, fields) for eid, fields in claimed if fields]

@@ -22,6 +22,9 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     api_processes: int = Field(2, ge=1)
+    api_worker_class: str = Field(
+        "gevent", description="gunicorn worker class; gevent parks long-polls as greenlets"
+    )
     max_items: int = Field(1024, ge=1, description="most items in one submission")
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024)
     max_wait_s: float = Field(60.0, gt=0, description="longest ?wait= a client may ask for")

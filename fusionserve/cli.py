@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
-if "api" in sys.argv[1:3]:  # gevent must patch sockets and ssl before anything imports them
+_GEVENT = os.environ.get("FUSIONSERVE_API_WORKER_CLASS", "gevent") == "gevent"
+if "api" in sys.argv[1:3] and _GEVENT:  # gevent must patch sockets and ssl before any import
     from gevent import monkey
 
     monkey.patch_all()

@@ -19,7 +19,7 @@ class GunicornServer(BaseApplication):
         self.options = {
             "bind": f"{settings.host}:{settings.port}",
             "workers": settings.api_processes,
-            "worker_class": "gevent",
+            "worker_class": settings.api_worker_class,
             "worker_connections": 2000,
             "keepalive": 75,
             "graceful_timeout": 30,

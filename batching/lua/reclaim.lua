@@ -7,7 +7,7 @@
 -- ARGV[3]   min idle ms             ARGV[4]   most entries to claim
 -- ARGV[5]   max deliveries          ARGV[6]   job record key prefix
 -- ARGV[7]   result TTL seconds      ARGV[8]   packed dead-letter result
--- ARGV[9]   watcher set key prefix
+-- ARGV[9]   watcher set key prefix     ARGV[10]  this stream's priority level
 -- returns   {claimed entries as XREADGROUP gives them, dead-lettered ids}
 local stream, group = KEYS[1], ARGV[1]
 local claimed = redis.call('XAUTOCLAIM', stream, group, ARGV[2], ARGV[3], '0-0', 'COUNT', ARGV[4])
@@ -17,7 +17,8 @@ for _, entry in ipairs(claimed[2]) do
   local pending = redis.call('XPENDING', stream, group, id, id, 1)
   local deliveries = pending[1] and tonumber(pending[1][4]) or 0
   if deliveries > tonumber(ARGV[5]) then
-    local record = ARGV[6] .. id
+    local ref = id .. '-' .. ARGV[10]
+    local record = ARGV[6] .. ref
     local st = redis.call('HGET', record, 'st')
     if st == 'queued' or st == 'running' then
       local result = ARGV[8]
@@ -25,7 +26,7 @@ for _, entry in ipairs(claimed[2]) do
       redis.call('EXPIRE', record, tonumber(ARGV[7]))
       local reply = redis.call('HGET', record, 'rp')
       local message = record .. '\nfailed\n' .. result
-      local watch = ARGV[9] .. id
+      local watch = ARGV[9] .. ref
       for _, channel in ipairs(redis.call('SMEMBERS', watch)) do
         redis.call('PUBLISH', channel, message)
       end
@@ -36,7 +37,7 @@ for _, entry in ipairs(claimed[2]) do
     end
     redis.call('XACK', stream, group, id)
     redis.call('XDEL', stream, id)
-    table.insert(dead, id)
+    table.insert(dead, ref)
   else
     table.insert(keep, entry)
   end

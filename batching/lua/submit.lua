@@ -12,6 +12,9 @@
 -- ARGV[6]        max_queue_size in entries (0: unbounded)
 -- ARGV[7]        deadline, unix ms: past it the entry is expired, never run
 -- returns        the entry id, or false when the queue is full
+--
+-- Entry ids are unique per stream only, so a record is named by its reference,
+-- '<entry id>-<priority level>', unique per model.
 local max_queue = tonumber(ARGV[6])
 if max_queue > 0 then
   local depth = 0
@@ -23,5 +26,5 @@ if max_queue > 0 then
   end
 end
 local id = redis.call('XADD', KEYS[1], '*', 'n', ARGV[2], 'd', ARGV[7], 'x', ARGV[3])
-redis.call('HSET', ARGV[1] .. id, 'st', 'queued', 'n', ARGV[2], 'rp', ARGV[4], 'pr', ARGV[5])
+redis.call('HSET', ARGV[1] .. id .. '-' .. ARGV[5], 'st', 'queued', 'n', ARGV[2], 'rp', ARGV[4], 'pr', ARGV[5])
 return id

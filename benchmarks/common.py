@@ -1,0 +1,117 @@
+"""What the benchmark scripts share: a served stack on loopback, timing, tables and JSON."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+from fusionserve.embedded import EmbeddedRedis
+from fusionserve.launch import LocalStack
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def machine() -> dict[str, Any]:
+    import onnxruntime
+
+    return {
+        "cpus": os.cpu_count(),
+        "machine": platform.machine(),
+        "python": platform.python_version(),
+        "onnxruntime": onnxruntime.__version__,
+    }
+
+
+@contextmanager
+def served(
+    repository: Path,
+    model: str,
+    *,
+    workers: int = 1,
+    api_processes: int = 2,
+    ort_threads: int = 1,
+    **env: str,
+) -> Iterator[LocalStack]:
+    """Embedded Valkey, the API and ``workers`` workers, all on loopback, stopped afterwards."""
+    with EmbeddedRedis(
+        Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-{os.getpid()}", appendonly=False
+    ) as redis:
+        stack = LocalStack(redis.url, repository, FUSIONSERVE_ORT_THREADS=str(ort_threads), **env)
+        try:
+            stack.start_api(processes=api_processes)
+            for _ in range(workers):
+                stack.start_worker(model)
+            stack.wait_ready(model, workers)
+            yield stack
+        finally:
+            stack.stop()
+
+
+def percentiles(latencies_s: list[float]) -> dict[str, float]:
+    ms = np.asarray(latencies_s) * 1000.0
+    return {
+        "p50_ms": round(float(np.percentile(ms, 50)), 3),
+        "p90_ms": round(float(np.percentile(ms, 90)), 3),
+        "p99_ms": round(float(np.percentile(ms, 99)), 3),
+        "max_ms": round(float(ms.max()), 3),
+    }
+
+
+class Connection:
+    """One keep-alive HTTP/1.1 connection with as little client overhead as the stdlib allows."""
+
+    def __init__(self, url: str) -> None:
+        host, port = url.removeprefix("http://").split(":")
+        self.conn = http.client.HTTPConnection(host, int(port))
+
+    def post(self, path: str, body: bytes) -> tuple[int, dict[str, Any]]:
+        self.conn.request("POST", path, body, {"Content-Type": "application/json"})
+        response = self.conn.getresponse()
+        return response.status, orjson.loads(response.read())
+
+    def get(self, path: str) -> tuple[int, dict[str, Any]]:
+        self.conn.request("GET", path)
+        response = self.conn.getresponse()
+        return response.status, orjson.loads(response.read())
+
+
+def timed(fn, *args: Any) -> tuple[float, Any]:
+    start = time.perf_counter()
+    out = fn(*args)
+    return time.perf_counter() - start, out
+
+
+def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    widths = [max(len(c), *(len(_fmt(r.get(c))) for r in rows)) for c in columns]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(columns, widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    for r in rows:
+        lines.append(
+            "  ".join(_fmt(r.get(c)).rjust(w) for c, w in zip(columns, widths, strict=True))
+        )
+    return "\n".join(lines)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:,.3f}" if abs(value) < 100 else f"{value:,.0f}"
+    return "" if value is None else str(value)
+
+
+def write_json(name: str, payload: dict[str, Any]) -> Path:
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    payload = {"benchmark": name, "machine": machine(), "argv": sys.argv, **payload}
+    path.write_text(json.dumps(payload, indent=2))
+    return path
