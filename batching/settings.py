@@ -27,6 +27,7 @@ class Settings(BaseSettings):
     )
     max_items: int = Field(1024, ge=1, description="most items in one submission")
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024)
+    redis_max_connections: int = Field(256, ge=2, description="per API process")
     max_wait_s: float = Field(60.0, gt=0, description="longest ?wait= a client may ask for")
 
     # Jobs

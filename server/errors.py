@@ -38,7 +38,11 @@ def _body(status: int, code: str, message: str, **extra: Any):
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(ApiError)
     def _api_error(exc: ApiError):
-        return _body(exc.status, exc.code, exc.message, **exc.extra)
+        retry_after = exc.extra.pop("retry_after", 1)
+        response = _body(exc.status, exc.code, exc.message, **exc.extra)
+        if exc.status in (429, 503):
+            response.headers["Retry-After"] = str(retry_after)
+        return response
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):

@@ -27,9 +27,16 @@ class Services:
     def build(cls, settings: Settings) -> Services:
         if not settings.redis_url:
             raise RuntimeError("REDIS_URL is not set (fusionserve up starts an embedded server)")
-        client = redis.Redis.from_url(
-            settings.redis_url, socket_connect_timeout=2, health_check_interval=30
+        # Requests beyond the pool size wait for a connection (gevent parks them) instead
+        # of failing: redis-py's default pool raises past its cap, which looks like an outage.
+        pool = redis.BlockingConnectionPool.from_url(
+            settings.redis_url,
+            max_connections=settings.redis_max_connections,
+            timeout=5,
+            socket_connect_timeout=2,
+            health_check_interval=30,
         )
+        client = redis.Redis(connection_pool=pool)
         broker, listener = Broker(client), ReplyListener(client)
         return cls(
             settings=settings,

@@ -1,0 +1,42 @@
+"""Python SDK for fusionserve: :class:`Client` (blocking) and :class:`AsyncClient` (asyncio).
+
+>>> with Client("http://127.0.0.1:8000") as fs:
+...     job = fs.submit("demo", text="is there a red square?", image=png_bytes)
+...     print(fs.wait(job, timeout=10).top_label)
+"""
+
+from client.aio import AsyncClient
+from client.errors import (
+    BadRequest,
+    ConnectionFailed,
+    FusionServeError,
+    InvalidInput,
+    NotFound,
+    PayloadTooLarge,
+    QueueFull,
+    RequestTimeout,
+    Unavailable,
+    WaitTimeout,
+)
+from client.sync import Client
+from client.types import JobError, JobResult, ModelInfo, TensorSpec, Timings
+
+__all__ = [
+    "AsyncClient",
+    "BadRequest",
+    "Client",
+    "ConnectionFailed",
+    "FusionServeError",
+    "InvalidInput",
+    "JobError",
+    "JobResult",
+    "ModelInfo",
+    "NotFound",
+    "PayloadTooLarge",
+    "QueueFull",
+    "RequestTimeout",
+    "TensorSpec",
+    "Timings",
+    "Unavailable",
+    "WaitTimeout",
+]

@@ -1,0 +1,117 @@
+"""Every endpoint as a :class:`Call`: what to send and how to read the answer.
+
+The sync and async clients share these and differ only in how they send and sleep.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+from urllib.parse import quote
+
+import httpx
+import numpy as np
+import orjson
+
+from client import _codec
+from client.types import JobResult, ModelInfo
+
+T = TypeVar("T")
+JSON_HEADERS = {"Content-Type": "application/json"}
+
+
+@dataclass(frozen=True)
+class Call(Generic[T]):
+    """One HTTP request. ``accept`` lists error statuses that are answers, not failures."""
+
+    method: str
+    path: str
+    parse: Callable[[httpx.Response], T]
+    params: dict[str, str] | None = None
+    content: bytes | None = None
+    timeout: float | None = None
+    idempotent: bool = True
+    accept: frozenset[int] = frozenset()
+
+    @property
+    def headers(self) -> dict[str, str] | None:
+        return JSON_HEADERS if self.content is not None else None
+
+
+def _json(response: httpx.Response) -> Any:
+    return orjson.loads(response.content)
+
+
+def _seg(name: str) -> str:
+    return quote(name, safe="")
+
+
+def submit(
+    model: str,
+    item_or_items: dict[str, Any] | list[dict[str, Any]],
+    priority: int | None,
+    timeout_ms: int | None,
+) -> Call[Any]:
+    body = _codec.v1_body(item_or_items, priority, timeout_ms)
+    many = isinstance(item_or_items, list)
+    return Call(
+        "POST",
+        f"/v1/models/{_seg(model)}/infer",
+        (lambda r: _json(r)["job_ids"]) if many else (lambda r: _json(r)["job_id"]),
+        content=_codec.encode_json(body),
+        idempotent=False,
+    )
+
+
+def result(job_id: str, wait: float | None, timeout: float) -> Call[JobResult]:
+    params = {"wait": f"{wait:g}"} if wait else None
+    # a long-poll holds the response for up to ``wait`` seconds: never time out before it
+    read_timeout = max(timeout, (wait or 0) + 10)
+    return Call(
+        "GET",
+        f"/v1/jobs/{_seg(job_id)}",
+        lambda r: JobResult.from_json(_json(r)),
+        params=params,
+        timeout=read_timeout,
+    )
+
+
+def models() -> Call[list[ModelInfo]]:
+    return Call("GET", "/v1/models", lambda r: [ModelInfo.from_json(m) for m in _json(r)["models"]])
+
+
+def model(name: str) -> Call[ModelInfo]:
+    return Call("GET", f"/v1/models/{_seg(name)}", lambda r: ModelInfo.from_json(_json(r)))
+
+
+def health() -> Call[dict[str, Any]]:
+    return Call("GET", "/healthz", _json)
+
+
+def ready() -> Call[bool]:
+    """``/readyz``: 503 means "not ready" (no workers, or Redis down): an answer, not an error."""
+    return Call("GET", "/readyz", lambda r: r.status_code == 200, accept=frozenset({503}))
+
+
+def infer(
+    model: str,
+    inputs: Mapping[str, Any],
+    outputs: Sequence[str] | None,
+    timeout: float | None,
+) -> Call[dict[str, np.ndarray]]:
+    """KServe V2 synchronous inference (no side effects, so safe to retry on 429/503)."""
+    return infer_raw(model, _codec.encode_json(_codec.v2_body(inputs, outputs)), timeout)
+
+
+def infer_raw(
+    model: str, content: bytes, timeout: float | None = None
+) -> Call[dict[str, np.ndarray]]:
+    return Call(
+        "POST",
+        f"/v2/models/{_seg(model)}/infer",
+        lambda r: _codec.v2_outputs(_json(r)),
+        content=content,
+        timeout=timeout,
+        idempotent=False,
+    )

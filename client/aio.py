@@ -1,0 +1,133 @@
+"""The asyncio client: the same calls as :class:`client.Client`, awaited."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any, TypeVar
+
+import httpx
+import numpy as np
+
+from client import _base, _calls, _codec
+from client._calls import Call
+from client.errors import WaitTimeout
+from client.types import JobResult, ModelInfo
+
+T = TypeVar("T")
+
+
+class AsyncClient:
+    """A fusionserve server at ``base_url``; one ``httpx.AsyncClient`` per instance.
+
+    Arguments as for :class:`client.Client`. Use ``async with``, or ``await aclose()``.
+    """
+
+    def __init__(
+        self,
+        base_url: str = _base.DEFAULT_URL,
+        *,
+        timeout: float = 30.0,
+        max_retries: int = 3,
+        api_key: str | None = None,
+        backoff: float = 0.2,
+        backoff_max: float = 10.0,
+        limits: httpx.Limits | None = None,
+        **httpx_options: Any,
+    ) -> None:
+        self.timeout = timeout
+        self.retry = _base.policy(max_retries, backoff, backoff_max)
+        self._http = httpx.AsyncClient(
+            base_url=base_url,
+            timeout=timeout,
+            headers=_base.headers(api_key),
+            limits=limits or _base.DEFAULT_LIMITS,
+            **httpx_options,
+        )
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def request(self, call: Call[T]) -> T:
+        """Send one call with retries; raise a :class:`FusionServeError` when it fails."""
+        attempt = 0
+        while True:
+            try:
+                response = await self._http.request(
+                    call.method, call.path, **_base.request_kwargs(call)
+                )
+            except httpx.TransportError as exc:
+                delay = _base.transport_delay(call, exc, self.retry, attempt)
+            else:
+                parsed, delay = _base.outcome(call, response, self.retry, attempt)
+                if delay is None:
+                    return parsed
+            await asyncio.sleep(delay)
+            attempt += 1
+
+    async def submit(
+        self,
+        model: str,
+        *,
+        inputs: Mapping[str, Any] | None = None,
+        text: str | None = None,
+        image: bytes | str | None = None,
+        priority: int | None = None,
+        timeout_ms: int | None = None,
+    ) -> str:
+        item = _codec.make_item(inputs, text, image)
+        return await self.request(_calls.submit(model, item, priority, timeout_ms))
+
+    async def submit_many(
+        self,
+        model: str,
+        items: Sequence[Mapping[str, Any]],
+        *,
+        priority: int | None = None,
+        timeout_ms: int | None = None,
+    ) -> list[str]:
+        body = [_codec.normalize_item(i) for i in items]
+        return await self.request(_calls.submit(model, body, priority, timeout_ms))
+
+    async def result(self, job_id: str, wait: float | None = None) -> JobResult:
+        return await self.request(_calls.result(job_id, wait, self.timeout))
+
+    async def wait(
+        self, job_id: str, timeout: float = 60.0, *, poll: float = _base.WAIT_CHUNK_S
+    ) -> JobResult:
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            job = await self.result(job_id, wait=max(0.0, min(poll, remaining)))
+            if job.done:
+                return job
+            if deadline - time.monotonic() <= 0:
+                raise WaitTimeout(job_id, timeout, job)
+
+    async def infer(
+        self,
+        model: str,
+        inputs: Mapping[str, Any],
+        outputs: Sequence[str] | None = None,
+        timeout: float | None = None,
+    ) -> dict[str, np.ndarray]:
+        return await self.request(_calls.infer(model, inputs, outputs, timeout))
+
+    async def models(self) -> list[ModelInfo]:
+        return await self.request(_calls.models())
+
+    async def model(self, name: str) -> ModelInfo:
+        return await self.request(_calls.model(name))
+
+    async def health(self) -> dict[str, Any]:
+        return await self.request(_calls.health())
+
+    async def ready(self) -> bool:
+        return await self.request(_calls.ready())
