@@ -1,4 +1,4 @@
-"""The ``fusionserve`` command: ``up``, ``api``, ``worker``, ``export``."""
+"""The ``fusionserve`` command: ``up``, ``api``, ``worker``, ``export``, ``loadtest``, ``bench``."""
 
 from __future__ import annotations
 
@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from batching.settings import Settings
+
+BENCHMARKS = ("ceiling", "overhead", "capacity")
 
 
 def _settings(args: argparse.Namespace, **fields: Any) -> Settings:
@@ -60,6 +62,15 @@ def build_parser() -> argparse.ArgumentParser:
     from fusion.cli import add_export_arguments
 
     add_export_arguments(export)
+
+    loadtest = sub.add_parser("loadtest", help="drive a server with closed- or open-loop load")
+    from loadtest.cli import add_loadtest_arguments
+
+    add_loadtest_arguments(loadtest)
+
+    bench = sub.add_parser("bench", help="run a benchmark script from benchmarks/")
+    bench.add_argument("name", choices=BENCHMARKS, help="which benchmark")
+    bench.add_argument("args", nargs=argparse.REMAINDER, help="its own arguments")
     return parser
 
 
@@ -93,6 +104,15 @@ def main(argv: list[str] | None = None) -> int:
         from fusion.cli import run_export
 
         return run_export(args)
+    if args.command == "loadtest":
+        from loadtest.cli import run_loadtest
+
+        return run_loadtest(args)
+    if args.command == "bench":
+        import importlib
+
+        sys.argv = [f"fusionserve bench {args.name}", *args.args]
+        return importlib.import_module(f"benchmarks.{args.name}").main()
     return 2
 
 
