@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -22,6 +23,12 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     api_processes: int = Field(2, ge=1)
+    api_server: Literal["gunicorn", "granian"] = Field(
+        "gunicorn", description="gunicorn (gevent workers) or granian (Rust HTTP, WSGI threads)"
+    )
+    api_threads: int = Field(
+        128, ge=1, description="granian: WSGI threads per process (each waiting request holds one)"
+    )
     api_worker_class: str = Field(
         "gevent", description="gunicorn worker class; gevent parks long-polls as greenlets"
     )

@@ -8,7 +8,7 @@ the client is not what saturates); gunicorn's process count and worker class are
 parameters.
 
     python -m benchmarks.capacity [--duration 10] [--connections 32] [--api-processes 2]
-                                  [--worker-class gevent] [--workers 1]
+                                  [--server gunicorn|granian] [--worker-class gevent] [--workers 1]
 """
 
 from __future__ import annotations
@@ -112,7 +112,8 @@ def main() -> int:
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--api-processes", type=int, default=2)
-    parser.add_argument("--worker-class", default="gevent")
+    parser.add_argument("--server", choices=["gunicorn", "granian"], default="gunicorn")
+    parser.add_argument("--worker-class", default="gevent", help="gunicorn's worker class")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--max-batch-size", type=int, default=32)
     args = parser.parse_args()
@@ -121,7 +122,10 @@ def main() -> int:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         mlp_model(Path(tmp), MODEL, max_batch_size=args.max_batch_size, delay_ms=5.0)
-        env = {"FUSIONSERVE_API_WORKER_CLASS": args.worker_class}
+        env = {
+            "FUSIONSERVE_API_WORKER_CLASS": args.worker_class,
+            "FUSIONSERVE_API_SERVER": args.server,
+        }
         with served(
             Path(tmp), MODEL, workers=args.workers, api_processes=args.api_processes, **env
         ) as stack:
@@ -146,7 +150,7 @@ def main() -> int:
                 rows.append({"scenario": name, "items_per_s": round(items_per_s), **r})
     print(
         f"mlp 64-256-256-10, {args.connections} connections, {args.api_processes} API processes "
-        f"({args.worker_class}), {args.workers} worker(s), {args.duration}s each\n"
+        f"({args.server}, {args.worker_class}), {args.workers} worker(s), {args.duration}s each\n"
     )
     print(table(rows, ["scenario", "items_per_s", "requests_per_s", "p50_ms", "p99_ms", "non_2xx"]))
     print(f"\nwrote {write_json('capacity', {'args': vars(args), 'rows': rows})}")

@@ -5,7 +5,10 @@ from __future__ import annotations
 import os
 import sys
 
-_GEVENT = os.environ.get("FUSIONSERVE_API_WORKER_CLASS", "gevent") == "gevent"
+_GEVENT = (
+    os.environ.get("FUSIONSERVE_API_SERVER", "gunicorn") == "gunicorn"
+    and os.environ.get("FUSIONSERVE_API_WORKER_CLASS", "gevent") == "gevent"
+)
 if "api" in sys.argv[1:3] and _GEVENT:  # gevent must patch sockets and ssl before any import
     from gevent import monkey
 

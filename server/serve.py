@@ -1,7 +1,9 @@
-"""Run the app under gunicorn with gevent workers (one cooperative process per core).
+"""Run the app under gunicorn with gevent workers, or under granian's WSGI mode.
 
 Gevent workers suit the long-polls: a waiting request is a parked greenlet, not a
-blocked OS thread (sync workers cap at workers ÷ latency).
+blocked OS thread (sync workers cap at workers ÷ latency). Granian parses HTTP in
+Rust and sends each response in one write; the app runs in a pool of threads, and a
+waiting request holds one of them.
 """
 
 from __future__ import annotations
@@ -39,6 +41,26 @@ class GunicornServer(BaseApplication):
         return create_app(self.settings)
 
 
+def run_granian(settings: Settings) -> None:
+    from granian import Granian
+    from granian.constants import Interfaces
+
+    Granian(
+        "server.app:create_app",
+        factory=True,
+        address=settings.host,
+        port=settings.port,
+        interface=Interfaces.WSGI,
+        workers=settings.api_processes,
+        blocking_threads=settings.api_threads,
+        backlog=2048,
+        log_level="warning",
+    ).serve()
+
+
 def run_api(settings: Settings) -> int:
-    GunicornServer(settings).run()
+    if settings.api_server == "granian":
+        run_granian(settings)
+    else:
+        GunicornServer(settings).run()
     return 0
