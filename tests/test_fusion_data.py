@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import json
 import re
+import subprocess
+import sys
 from collections import Counter
 
 import numpy as np
@@ -109,3 +111,11 @@ def test_sample_command_writes_png_and_json(tmp_path, capsys) -> None:
     expected = generate(1, 11)[0]
     assert line == {"question": expected.question, "answer": expected.answer}
     assert np.array_equal(np.asarray(Image.open(out).convert("RGB")), expected.image)
+
+
+def test_serving_side_modules_do_not_import_torch() -> None:
+    code = (
+        "import sys, fusion.data, fusion.tokenizer, fusion.cli; "
+        "assert 'torch' not in sys.modules, 'torch imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

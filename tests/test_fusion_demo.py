@@ -14,7 +14,7 @@ import onnxruntime as ort
 import pytest
 from tokenizers import Tokenizer
 
-from fusion.data import HELD_OUT_SEED, IMAGE_MEAN, IMAGE_STD, LABELS, Sample, generate
+from fusion.data import HELD_OUT_SEED, IMAGE_MEAN, IMAGE_STD, LABELS, Sample, generate, normalize
 from fusion.tokenizer import encode_batch
 
 DEMO = Path(__file__).resolve().parent.parent / "model_repository" / "demo"
@@ -91,3 +91,20 @@ def test_demo_configuration_retrains_to_95_percent(tmp_path: Path) -> None:
     sess = ort.InferenceSession(str(result.model_path), providers=["CPUExecutionProvider"])
     tokenizer = Tokenizer.from_file(str(result.tokenizer_path))
     assert _accuracy_through_ort(sess, tokenizer, config, generate(500, HELD_OUT_SEED)) >= 0.95
+
+
+def test_shipped_model_ignores_right_padding(config: dict) -> None:
+    sess = ort.InferenceSession(str(DEMO / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
+    tokenizer = Tokenizer.from_file(str(DEMO / "tokenizer.json"))
+    samples = generate(16, [HELD_OUT_SEED, 1])
+    ids, mask = encode_batch(tokenizer, [s.question for s in samples], 32)
+    image = np.stack([normalize(s.image) for s in samples])
+    (base,) = sess.run(None, {"input_ids": ids, "attention_mask": mask, "image": image})
+    extra = 32 - ids.shape[1]
+    feeds = {
+        "input_ids": np.pad(ids, ((0, 0), (0, extra))),
+        "attention_mask": np.pad(mask, ((0, 0), (0, extra))),
+        "image": image,
+    }
+    (padded,) = sess.run(None, feeds)
+    assert np.abs(padded - base).max() <= 1e-5

@@ -1,0 +1,74 @@
+"""`fusionserve export`: train a fusion model and write it into the model repository.
+
+torch is imported inside run_export only, so the main CLI stays importable on serving hosts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+DEFAULT_STRATEGY = "cross_attention"  # keep in step with fusion.train.DEMO_STRATEGY
+STRATEGY_CHOICES = ("early", "late", "cross_attention", "gated_hybrid")  # = models.STRATEGIES
+
+
+def add_export_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of the export subcommand (the main CLI mounts them on its own subparser)."""
+    parser.add_argument("--strategy", choices=STRATEGY_CHOICES, default=DEFAULT_STRATEGY)
+    parser.add_argument("--name", default="demo", help="model name in the repository")
+    parser.add_argument("--version", type=int, default=1, help="model version directory")
+    parser.add_argument("--model-repository", type=Path, default=Path("model_repository"))
+    parser.add_argument(
+        "--steps", type=int, default=None, help="training steps (default: the demo's)"
+    )
+    parser.add_argument("--seed", type=int, default=None, help="training seed")
+    parser.add_argument(
+        "--min-accuracy",
+        type=float,
+        default=0.95,
+        help="exit non-zero (and write nothing) below this held-out accuracy",
+    )
+
+
+def run_export(args: argparse.Namespace) -> int:
+    """Train, check accuracy, export with a parity check; returns the process exit code."""
+    from fusion import train as training
+    from fusion.export import ParityError, export_to_repository
+
+    started = time.perf_counter()
+    steps = args.steps if args.steps is not None else training.DEMO_STEPS
+    seed = args.seed if args.seed is not None else training.TRAIN_SEED
+    print(f"training {args.strategy} for {steps} steps (seed {seed})", flush=True)
+    model, accuracy = training.train(args.strategy, steps, seed)
+    trained = time.perf_counter() - started
+    print(f"held-out accuracy {accuracy:.4f} after {trained:.0f}s of training")
+    if accuracy < args.min_accuracy:
+        print(f"error: accuracy below --min-accuracy {args.min_accuracy}", file=sys.stderr)
+        return 1
+    try:
+        result = export_to_repository(
+            model, args.model_repository, args.name, args.version, args.strategy, accuracy
+        )
+    except ParityError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    for batch, diff in result.parity.items():
+        print(f"parity batch {batch}: max abs diff {diff:.2e}")
+    print(f"wrote {result.model_path} ({result.parameters} parameters)")
+    wall = time.perf_counter() - started
+    print(f"model files {result.total_bytes / 1e6:.2f} MB; wall time {wall:.0f}s")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m fusion.cli", description="train and export a fusion model"
+    )
+    add_export_arguments(parser)
+    return run_export(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

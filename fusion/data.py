@@ -1,0 +1,229 @@
+"""Synthetic shapes VQA: questions that need both the text and the image to answer.
+
+Each sample is a 64x64 RGB picture with 1-4 coloured shapes (one per cell of a 2x2 grid,
+so they never overlap) and a templated question about it.  Three question kinds:
+
+* existence ("is there a red square?")  -> yes / no, balanced, half of the "no" cases are
+  hard negatives (the shape is there in another colour, or the colour on another shape);
+* colour ("what colour is the circle?") -> only asked about a shape present exactly once;
+* counting ("how many triangles are there?") -> 0..3, balanced over the counts.
+
+Only numpy and Pillow are imported: the serving side and the tests use this without torch.
+Everything is a pure function of the seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import re
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+IMAGE_SIZE = 64
+# Per-channel statistics of pixel/255 over the generated images (measured on 20k samples).
+IMAGE_MEAN: tuple[float, float, float] = (0.153, 0.153, 0.106)
+IMAGE_STD: tuple[float, float, float] = (0.264, 0.233, 0.206)
+
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (220, 40, 40),
+    "green": (40, 190, 60),
+    "blue": (50, 80, 230),
+    "yellow": (230, 210, 40),
+}
+SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
+PLURALS: dict[str, str] = {"circle": "circles", "square": "squares", "triangle": "triangles"}
+MAX_COUNT = 3
+
+LABELS: list[str] = ["yes", "no", *COLOURS, *(str(k) for k in range(MAX_COUNT + 1))]
+LABEL_INDEX: dict[str, int] = {label: i for i, label in enumerate(LABELS)}
+
+# Seeds: training draws batches from SeedSequence([TRAIN_SEED, step]) streams, evaluation
+# uses generate(n, HELD_OUT_SEED); the two never share a random stream.
+TRAIN_SEED = 0
+HELD_OUT_SEED = 20_240_601
+
+EXIST_TEMPLATES: tuple[str, ...] = (
+    "is there a {colour} {shape}?",
+    "is there a {colour} {shape} in the image?",
+    "does the picture contain a {colour} {shape}?",
+    "can you see a {colour} {shape}?",
+    "do you see any {colour} {shape} anywhere in this picture?",
+    "{colour} {shape}?",
+)
+COLOUR_TEMPLATES: tuple[str, ...] = (
+    "what colour is the {shape}?",
+    "what color is the {shape}?",
+    "which colour does the {shape} have?",
+    "tell me the colour of the {shape} in the image.",
+    "the {shape} is what color?",
+    "colour of the {shape}?",
+)
+COUNT_TEMPLATES: tuple[str, ...] = (
+    "how many {shapes} are there?",
+    "how many {shapes}?",
+    "count the {shapes}.",
+    "how many {shapes} can you see in the picture?",
+    "what is the number of {shapes} in this image?",
+    "count all of the {shapes} that appear in the picture.",
+)
+
+_CELL = IMAGE_SIZE // 2
+_MIN_SIZE, _MAX_SIZE = 22, 25
+
+
+@dataclass
+class Sample:
+    """One question about one picture; `label` indexes LABELS."""
+
+    image: np.ndarray  # H x W x 3 uint8
+    question: str
+    label: int
+    objects: tuple[tuple[str, str], ...] = ()  # (colour, shape) drawn, for checks and demos
+
+    @property
+    def answer(self) -> str:
+        return LABELS[self.label]
+
+
+Scene = list[tuple[str, str]]  # (colour, shape) per object
+
+
+def vocabulary() -> list[str]:
+    """Every word the templates can produce, sorted so token ids are stable."""
+    words: set[str] = set()
+    for template in EXIST_TEMPLATES + COLOUR_TEMPLATES + COUNT_TEMPLATES:
+        for shape in SHAPES:
+            for colour in COLOURS:
+                text = template.format(colour=colour, shape=shape, shapes=PLURALS[shape])
+                words.update(re.findall(r"\w+", text.lower()))
+    return sorted(words)
+
+
+def _draw(scene: Scene, rng: np.random.Generator) -> np.ndarray:
+    """Render the scene: one object per grid cell, random size and offset inside the cell."""
+    grey = int(rng.integers(0, 50))
+    image = Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), (grey, grey, grey))
+    draw = ImageDraw.Draw(image)
+    cells = rng.permutation(4)[: len(scene)]
+    for (colour, shape), cell in zip(scene, cells, strict=True):
+        size = int(rng.integers(_MIN_SIZE, _MAX_SIZE + 1))
+        x0 = (cell % 2) * _CELL + int(rng.integers(0, _CELL - size + 1))
+        y0 = (cell // 2) * _CELL + int(rng.integers(0, _CELL - size + 1))
+        x1, y1 = x0 + size - 1, y0 + size - 1
+        fill = tuple(
+            int(c) for c in np.clip(np.array(COLOURS[colour]) + rng.integers(-20, 21, 3), 0, 255)
+        )
+        if shape == "circle":
+            draw.ellipse((x0, y0, x1, y1), fill=fill)
+        elif shape == "square":
+            draw.rectangle((x0, y0, x1, y1), fill=fill)
+        else:
+            draw.polygon([((x0 + x1) / 2, y0), (x0, y1), (x1, y1)], fill=fill)
+    return np.asarray(image, dtype=np.uint8).copy()
+
+
+def _random_object(rng: np.random.Generator, exclude_shape: str | None = None) -> tuple[str, str]:
+    shapes = [s for s in SHAPES if s != exclude_shape]
+    return str(rng.choice(list(COLOURS))), str(rng.choice(shapes))
+
+
+def _random_scene(rng: np.random.Generator) -> Scene:
+    n = int(rng.integers(1, 5))
+    while True:
+        scene = [_random_object(rng) for _ in range(n)]
+        if max(sum(s == shape for _, s in scene) for shape in SHAPES) <= MAX_COUNT:
+            return scene
+
+
+def _existence(rng: np.random.Generator) -> tuple[Scene, str, str]:
+    scene = _random_scene(rng)
+    if rng.random() < 0.5:
+        colour, shape = scene[int(rng.integers(len(scene)))]
+        return scene, str(rng.choice(EXIST_TEMPLATES)).format(colour=colour, shape=shape), "yes"
+    present = set(scene)
+    absent = [(c, s) for c in COLOURS for s in SHAPES if (c, s) not in present]
+    # Hard negatives share the colour or the shape with something in the picture.
+    hard = [(c, s) for c, s in absent if any(c == pc or s == ps for pc, ps in present)]
+    pool = hard if hard and rng.random() < 0.5 else absent
+    colour, shape = pool[int(rng.integers(len(pool)))]
+    return scene, str(rng.choice(EXIST_TEMPLATES)).format(colour=colour, shape=shape), "no"
+
+
+def _colour_query(rng: np.random.Generator) -> tuple[Scene, str, str]:
+    while True:
+        scene = _random_scene(rng)
+        unique = [obj for obj in scene if sum(obj[1] == s for _, s in scene) == 1]
+        if unique:
+            colour, shape = unique[int(rng.integers(len(unique)))]
+            return scene, str(rng.choice(COLOUR_TEMPLATES)).format(shape=shape), colour
+
+
+def _count_query(rng: np.random.Generator) -> tuple[Scene, str, str]:
+    count = int(rng.integers(0, MAX_COUNT + 1))
+    shape = str(rng.choice(SHAPES))
+    others = int(rng.integers(1 if count == 0 else 0, min(4 - count, MAX_COUNT) + 1))
+    scene = [(str(rng.choice(list(COLOURS))), shape) for _ in range(count)]
+    scene += [_random_object(rng, exclude_shape=shape) for _ in range(others)]
+    order = rng.permutation(len(scene))
+    scene = [scene[i] for i in order]
+    question = str(rng.choice(COUNT_TEMPLATES)).format(shapes=PLURALS[shape])
+    return scene, question, str(count)
+
+
+_KINDS = (_existence, _colour_query, _count_query)
+
+
+def sample_from(rng: np.random.Generator) -> Sample:
+    """Draw one sample; the question kind is uniform over existence / colour / count."""
+    scene, question, answer = _KINDS[int(rng.integers(len(_KINDS)))](rng)
+    image = _draw(scene, rng)
+    return Sample(image, question, LABEL_INDEX[answer], tuple(scene))
+
+
+def generate(n: int, seed: int | Sequence[int]) -> list[Sample]:
+    """`n` samples, a pure function of `seed` (an int or a SeedSequence entropy list)."""
+    rng = np.random.default_rng(seed)
+    return [sample_from(rng) for _ in range(n)]
+
+
+def normalize(image: np.ndarray) -> np.ndarray:
+    """uint8 (..., H, W, 3) -> float32 (..., 3, H, W): pixel/255, minus mean, over std.
+
+    Exactly the preprocessing the models are trained with (and config.toml describes).
+    """
+    x = image.astype(np.float32) / 255.0
+    x = (x - np.asarray(IMAGE_MEAN, np.float32)) / np.asarray(IMAGE_STD, np.float32)
+    return np.ascontiguousarray(np.moveaxis(x, -1, -3))
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    """Encode an HxWx3 uint8 image as PNG (what clients upload)."""
+    buffer = io.BytesIO()
+    Image.fromarray(image, mode="RGB").save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m fusion.data sample --seed S --png out.png`: one sample for a curl demo."""
+    parser = argparse.ArgumentParser(prog="python -m fusion.data")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sample = sub.add_parser("sample", help="write one sample's PNG, print its question/answer")
+    sample.add_argument("--seed", type=int, default=HELD_OUT_SEED)
+    sample.add_argument("--png", required=True, help="output PNG path")
+    args = parser.parse_args(argv)
+
+    (one,) = generate(1, args.seed)
+    with open(args.png, "wb") as f:
+        f.write(png_bytes(one.image))
+    print(json.dumps({"question": one.question, "answer": one.answer}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

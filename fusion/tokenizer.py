@@ -1,0 +1,63 @@
+"""The question tokenizer: word level over the template vocabulary, shipped as tokenizer.json.
+
+Imports only `tokenizers` and numpy (via fusion.data): the server loads the saved JSON with
+`Tokenizer.from_file` and needs neither torch nor this module's training side.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, processors
+
+from fusion.data import Sample, normalize, vocabulary
+
+PAD_TOKEN, UNK_TOKEN, CLS_TOKEN = "[PAD]", "[UNK]", "[CLS]"
+PAD_ID, UNK_ID, CLS_ID = 0, 1, 2
+MAX_LENGTH = 32
+
+
+def build_tokenizer(max_length: int = MAX_LENGTH) -> Tokenizer:
+    """WordLevel tokenizer: lowercases, drops punctuation, prepends [CLS], truncates.
+
+    "Is there a RED square?" and "is there a red square" encode the same.
+    """
+    vocab = {PAD_TOKEN: PAD_ID, UNK_TOKEN: UNK_ID, CLS_TOKEN: CLS_ID}
+    for word in vocabulary():
+        vocab[word] = len(vocab)
+    tokenizer = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK_TOKEN))
+    tokenizer.normalizer = normalizers.Sequence(
+        [normalizers.NFKC(), normalizers.Lowercase(), normalizers.Replace(Regex(r"[^\w\s]"), " ")]
+    )
+    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{CLS_TOKEN} $A", special_tokens=[(CLS_TOKEN, CLS_ID)]
+    )
+    tokenizer.add_special_tokens([PAD_TOKEN, UNK_TOKEN, CLS_TOKEN])
+    tokenizer.enable_truncation(max_length=max_length)
+    return tokenizer
+
+
+def encode_batch(
+    tokenizer: Tokenizer, texts: Sequence[str], max_length: int = MAX_LENGTH
+) -> tuple[np.ndarray, np.ndarray]:
+    """(input_ids, attention_mask), both int64 [N, L], right-padded to the batch's longest."""
+    encodings = tokenizer.encode_batch(list(texts))
+    rows = [e.ids[:max_length] for e in encodings]
+    length = max((len(r) for r in rows), default=1)
+    ids = np.full((len(rows), length), PAD_ID, dtype=np.int64)
+    mask = np.zeros((len(rows), length), dtype=np.int64)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = row
+        mask[i, : len(row)] = 1
+    return ids, mask
+
+
+def encode_samples(
+    tokenizer: Tokenizer, samples: Sequence[Sample], max_length: int = MAX_LENGTH
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Model inputs for samples: (input_ids, attention_mask, normalised images [N, 3, H, W])."""
+    ids, mask = encode_batch(tokenizer, [s.question for s in samples], max_length)
+    images = normalize(np.stack([s.image for s in samples]))
+    return ids, mask, images

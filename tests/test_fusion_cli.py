@@ -1,0 +1,42 @@
+"""`fusionserve export` (fusion.cli): options, the accuracy gate, and what it writes."""
+
+from __future__ import annotations
+
+import argparse
+import tomllib
+from pathlib import Path
+
+from fusion import cli, train
+from fusion.models import STRATEGIES
+
+
+def _args(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    cli.add_export_arguments(parser)
+    return parser.parse_args(list(argv))
+
+
+def test_defaults_are_the_demo() -> None:
+    args = _args()
+    assert args.strategy == train.DEMO_STRATEGY == cli.DEFAULT_STRATEGY
+    assert (args.name, args.version, args.min_accuracy) == ("demo", 1, 0.95)
+    assert args.model_repository == Path("model_repository")
+    assert cli.STRATEGY_CHOICES == STRATEGIES
+
+
+def test_below_min_accuracy_exits_non_zero_and_writes_nothing(tmp_path: Path) -> None:
+    args = _args("--steps", "2", "--model-repository", str(tmp_path), "--min-accuracy", "0.99")
+    assert cli.run_export(args) == 1
+    assert not any(tmp_path.iterdir())
+
+
+def test_export_writes_the_repository_layout(tmp_path: Path, capsys) -> None:
+    argv = ("--strategy", "late", "--name", "m", "--version", "4", "--steps", "2")
+    args = _args(*argv, "--model-repository", str(tmp_path), "--min-accuracy", "0")
+    assert cli.run_export(args) == 0
+    assert (tmp_path / "m" / "4" / "model.onnx").is_file()
+    assert (tmp_path / "m" / "tokenizer.json").is_file()
+    config = tomllib.loads((tmp_path / "m" / "config.toml").read_text())
+    assert config["name"] == "m" and config["training"]["strategy"] == "late"
+    out = capsys.readouterr().out
+    assert "parity batch 64" in out and "held-out accuracy" in out
