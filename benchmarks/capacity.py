@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 
-from benchmarks.common import served, table, write_json
+from benchmarks.common import CpuMeter, served, table, write_json
 from benchmarks.wrk import V1_SCRIPT, V2_SCRIPT, wrk
 from fusion.tiny_models import mlp_model
 
@@ -73,18 +73,28 @@ def main() -> int:
                     stack.url,
                 ),
             ]
+            meter = CpuMeter(stack)
             for name, per_request, script, target in scenarios:
+                meter.start()
                 r = wrk(target, script, args.duration, args.connections, 1)
+                cpu = meter.stop()
                 if "finished" in r:  # /v1: count lists finished, not HTTP requests
                     items_per_s = r["finished"] * per_request / args.duration
                 else:
                     items_per_s = r["requests_per_s"] * per_request
+                items = items_per_s * args.duration
+                for part, seconds in cpu.items():  # where the time goes, per item
+                    r[f"{part}_us_per_item"] = round(seconds / max(items, 1) * 1e6, 1)
+                    r[f"{part}_cores"] = round(seconds / args.duration, 2)
                 rows.append({"scenario": name, "items_per_s": round(items_per_s), **r})
     print(
         f"mlp 64-256-256-10, {args.connections} connections, {args.api_processes} API processes "
         f"({args.server}, {args.worker_class}), {args.workers} worker(s), {args.duration}s each\n"
     )
     print(table(rows, ["scenario", "items_per_s", "requests_per_s", "p50_ms", "p99_ms", "non_2xx"]))
+    print("\nCPU per item (µs) and cores used, by process group:\n")
+    parts = [f"{p}_{k}" for p in ("api", "worker", "redis") for k in ("us_per_item", "cores")]
+    print(table(rows, ["scenario", *parts]))
     print(f"\nwrote {write_json('capacity', {'args': vars(args), 'rows': rows})}")
     return 0
 

@@ -48,6 +48,7 @@ def served(
         Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-{os.getpid()}", appendonly=False
     ) as redis:
         stack = LocalStack(redis.url, repository, FUSIONSERVE_ORT_THREADS=str(ort_threads), **env)
+        stack.redis_pid = redis.process.pid  # type: ignore[attr-defined]
         try:
             stack.start_api(processes=api_processes)
             for _ in range(workers):
@@ -56,6 +57,56 @@ def served(
             yield stack
         finally:
             stack.stop()
+
+
+def descendants(pid: int) -> list[int]:
+    """``pid`` and every process below it (gunicorn's and granian's workers)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        found.append(p)
+        todo += children.get(p, [])
+    return found
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time used so far by ``pids`` (from /proc, in seconds)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / ticks
+
+
+class CpuMeter:
+    """CPU seconds spent by the API, the workers and Redis between ``start`` and ``stop``."""
+
+    def __init__(self, stack: LocalStack) -> None:
+        api = [p.pid for p in stack.procs if p not in stack.workers]
+        self.groups = {
+            "api": [d for pid in api for d in descendants(pid)],
+            "worker": [p.pid for p in stack.workers],
+            "redis": [stack.redis_pid],  # type: ignore[attr-defined]
+        }
+        self.before: dict[str, float] = {}
+
+    def start(self) -> None:
+        self.before = {k: cpu_seconds(v) for k, v in self.groups.items()}
+
+    def stop(self) -> dict[str, float]:
+        return {k: cpu_seconds(v) - self.before[k] for k, v in self.groups.items()}
 
 
 def percentiles(latencies_s: list[float]) -> dict[str, float]:

@@ -42,7 +42,7 @@ class ModelRegistry:
     def __init__(self, client: redis.Redis, heartbeat_s: float) -> None:
         self.redis = client
         self.stale_after_s = 3 * heartbeat_s
-        self._cache: dict[str, tuple[float, PublishedModel | None]] = {}
+        self._cache: dict[str, tuple[float, PublishedModel]] = {}
         self._tokenizers: dict[str, tuple[str, Tokenizer]] = {}
         self._lock = threading.Lock()
 
@@ -57,8 +57,9 @@ class ModelRegistry:
         if cached and now - cached[0] < CACHE_S:
             return cached[1]
         model = self._load(name)
-        with self._lock:
-            self._cache[name] = (now, model)
+        if model is not None:  # a miss is not cached: a model a worker just published is served
+            with self._lock:
+                self._cache[name] = (now, model)
         return model
 
     def _load(self, name: str) -> PublishedModel | None:
