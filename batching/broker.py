@@ -85,6 +85,34 @@ class Finished:
     result: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class NewEntry:
+    """A submission on its way in: ``rows`` rows of every input, for one priority level."""
+
+    model: str
+    tensors: Mapping[str, np.ndarray]
+    rows: int
+    priority: int
+    levels: int
+    reply_channel: str
+    max_queue_size: int
+    deadline_ms: int
+
+    def script_args(self) -> tuple[list[str], list[Any]]:
+        """KEYS and ARGV of ``submit.lua``."""
+        streams = [keys.stream(self.model, p) for p in range(1, self.levels + 1)]
+        args = [
+            keys.job(self.model, ""),
+            self.rows,
+            codec.pack_tensors(self.tensors),
+            self.reply_channel,
+            self.priority,
+            self.max_queue_size,
+            self.deadline_ms,
+        ]
+        return [keys.stream(self.model, self.priority), *streams], args
+
+
 class QueueFull(Exception):
     """The model's queue holds ``max_queue_size`` entries: admission refused, nothing enqueued."""
 
@@ -100,35 +128,42 @@ class Broker:
 
     # --- API side -------------------------------------------------------------------
 
-    def submit(
-        self,
-        model: str,
-        tensors: Mapping[str, np.ndarray],
-        rows: int,
-        *,
-        priority: int,
-        levels: int,
-        reply_channel: str,
-        max_queue_size: int,
-        deadline_ms: int,
-    ) -> str:
-        """Enqueue one entry of ``rows`` rows; returns its reference or raises QueueFull."""
-        streams = [keys.stream(model, p) for p in range(1, levels + 1)]
-        entry_id = self._submit(
-            keys=[keys.stream(model, priority), *streams],
-            args=[
-                keys.job(model, ""),
-                rows,
-                codec.pack_tensors(tensors),
-                reply_channel,
-                priority,
-                max_queue_size,
-                deadline_ms,
-            ],
-        )
-        if entry_id is None:
-            raise QueueFull(model)
-        return entry_ref(entry_id.decode(), priority)
+    def submit(self, entry: NewEntry) -> str:
+        """Enqueue one entry; returns its reference or raises QueueFull."""
+        [outcome] = self.submit_many([entry])
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    def submit_many(self, entries: Sequence[NewEntry]) -> list[str | Exception]:
+        """Enqueue several entries in ONE round trip (a pipeline of the submit script).
+
+        Each outcome is the entry's reference, ``QueueFull``, or the Redis error it met;
+        the entries are independent (one refused does not refuse the others).
+        """
+        outcomes: list[str | Exception] = [QueueFull("")] * len(entries)
+        todo = list(range(len(entries)))
+        for attempt in range(2):
+            with self.redis.pipeline(transaction=False) as pipe:
+                for i in todo:
+                    keys_, args = entries[i].script_args()
+                    pipe.evalsha(self._submit.sha, len(keys_), *keys_, *args)
+                replies = pipe.execute(raise_on_error=False)
+            missing = []
+            for i, reply in zip(todo, replies, strict=True):
+                if isinstance(reply, redis.exceptions.NoScriptError) and attempt == 0:
+                    missing.append(i)  # a restarted or flushed server forgot the script
+                elif isinstance(reply, Exception):
+                    outcomes[i] = reply
+                elif reply is None:
+                    outcomes[i] = QueueFull(entries[i].model)
+                else:
+                    outcomes[i] = entry_ref(reply.decode(), entries[i].priority)
+            if not missing:
+                break
+            self.redis.script_load(self._submit.script)
+            todo = missing
+        return outcomes
 
     def watch(self, model: str, ref: str, reply_channel: str, ttl_s: int) -> JobView | None:
         """Read a job; if not final, ask for its result on ``reply_channel`` too."""

@@ -8,8 +8,9 @@ from collections.abc import Mapping
 import numpy as np
 
 from batching import codec, keys
-from batching.broker import Broker, JobView, QueueFull
+from batching.broker import Broker, JobView, NewEntry, QueueFull
 from batching.settings import Settings
+from server.coalesce import SubmitCoalescer
 from server.errors import ApiError, invalid
 from server.notify import ReplyListener, Waiter
 from server.registry import PublishedModel
@@ -18,6 +19,7 @@ from server.registry import PublishedModel
 class JobQueue:
     def __init__(self, broker: Broker, listener: ReplyListener, settings: Settings) -> None:
         self.broker, self.listener, self.settings = broker, listener, settings
+        self.submitter = SubmitCoalescer(broker)
 
     def submit(
         self,
@@ -35,17 +37,18 @@ class JobQueue:
             raise invalid(f"priority must be 1..{batching.priority_levels} for model {model.name}")
         timeout_ms = min(timeout_ms or batching.default_timeout_ms, batching.default_timeout_ms)
         self.listener.ensure_started()
+        entry = NewEntry(
+            model=model.name,
+            tensors=tensors,
+            rows=rows,
+            priority=level,
+            levels=batching.priority_levels,
+            reply_channel=self.listener.channel,
+            max_queue_size=batching.max_queue_size,
+            deadline_ms=int(time.time() * 1000) + timeout_ms,
+        )
         try:
-            return self.broker.submit(
-                model.name,
-                tensors,
-                rows,
-                priority=level,
-                levels=batching.priority_levels,
-                reply_channel=self.listener.channel,
-                max_queue_size=batching.max_queue_size,
-                deadline_ms=int(time.time() * 1000) + timeout_ms,
-            )
+            return self.submitter.submit(entry)
         except QueueFull:
             raise ApiError(
                 429, "queue_full", f"model {model.name}'s queue is full; retry later"

@@ -36,8 +36,10 @@ class GunicornServer(BaseApplication):
             self.cfg.set(key, value)
 
     def load(self):
+        from server import gunicorn_response
         from server.app import create_app
 
+        gunicorn_response.install()
         return create_app(self.settings)
 
 

@@ -7,23 +7,24 @@ import pytest
 import redis
 
 from batching import codec, keys
-from batching.broker import Broker, Finished, QueueFull
+from batching.broker import Broker, Finished, NewEntry, QueueFull
 
 MODEL = "m"
 
 
 def submit(broker: Broker, rows: int = 1, priority: int = 2, max_queue: int = 100) -> str:
     x = np.arange(rows * 2, dtype=np.float32).reshape(rows, 2)
-    return broker.submit(
-        MODEL,
-        {"x": x},
-        rows,
+    entry = NewEntry(
+        model=MODEL,
+        tensors={"x": x},
+        rows=rows,
         priority=priority,
         levels=2,
         reply_channel="fs:reply:test",
         max_queue_size=max_queue,
         deadline_ms=0,
     )
+    return broker.submit(entry)
 
 
 @pytest.fixture
@@ -105,3 +106,18 @@ def test_idle_entries_are_reclaimed_then_dead_lettered(broker: Broker) -> None:
     assert claimed == [] and dead == [eid]
     view = broker.read(MODEL, eid)
     assert view.state == "failed" and view.result["error"]["code"] == "dead_letter"
+
+
+def test_submit_many_is_one_round_trip_with_independent_outcomes(
+    broker: Broker, redis_client
+) -> None:
+    x = np.zeros((1, 2), np.float32)
+    entries = [
+        NewEntry(MODEL, {"x": x}, 1, 2, 2, "fs:reply:test", max_queue_size=2, deadline_ms=0)
+        for _ in range(3)
+    ]
+    redis_client.script_flush()  # the server forgot the script: it is loaded again
+    first, second, third = broker.submit_many(entries)
+    assert isinstance(first, str) and isinstance(second, str) and first != second
+    assert isinstance(third, QueueFull)
+    assert broker.queue_length(MODEL, 2) == 2

@@ -1,0 +1,45 @@
+"""One write per small response under gunicorn: the headers ride with the first body chunk.
+
+gunicorn writes a response's headers and its body in two socket sends; for the small
+JSON answers of an inference API the second system call costs about as much as the
+first. This subclass keeps the header bytes until the first body chunk (or the end
+of the response) and sends both at once; everything else is gunicorn's own code.
+"""
+
+from __future__ import annotations
+
+from gunicorn import util
+from gunicorn.http import wsgi
+
+
+class OneWriteResponse(wsgi.Response):
+    _pending: bytes = b""
+
+    def send_headers(self) -> None:
+        if self.headers_sent:
+            return
+        tosend = self.default_headers()
+        tosend.extend([f"{k}: {v}\r\n" for k, v in self.headers])
+        self._pending = util.to_bytestring("{}\r\n".format("".join(tosend)), "latin-1")
+        self.headers_sent = True
+
+    def _emit_body(self, data: bytes) -> None:
+        if self._pending and not self.chunked:
+            data, self._pending = self._pending + data, b""
+        elif self._pending:
+            util.write(self.sock, self._pending)
+            self._pending = b""
+        util.write(self.sock, data, self.chunked)
+
+    def close(self) -> None:
+        self.send_headers()
+        if self._pending:  # a response without a body still owes its headers
+            util.write(self.sock, self._pending)
+            self._pending = b""
+        if self.chunked:
+            util.write_chunk(self.sock, b"")
+
+
+def install() -> None:
+    """Make gunicorn build :class:`OneWriteResponse` objects (call in each worker process)."""
+    wsgi.Response = OneWriteResponse  # type: ignore[misc]
