@@ -32,19 +32,19 @@ class V2Tensor(BaseModel):
     shape: list[int] = Field(max_length=8)
     datatype: str
     data: Any = None
-    parameters: dict[str, Any] = {}
+    parameters: dict[str, Any] = Field(default_factory=dict)
 
 
 class V2Output(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     name: str
-    parameters: dict[str, Any] = {}
+    parameters: dict[str, Any] = Field(default_factory=dict)
 
 
 class V2Request(BaseModel):
     id: str | None = None
-    parameters: dict[str, Any] = {}
+    parameters: dict[str, Any] = Field(default_factory=dict)
     inputs: list[V2Tensor] = Field(min_length=1)
     outputs: list[V2Output] | None = None
 
