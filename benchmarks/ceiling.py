@@ -27,7 +27,7 @@ import numpy as np
 import onnxruntime as ort
 import orjson
 
-from benchmarks.common import served, table, write_json
+from benchmarks.common import CpuMeter, served, table, write_json
 from benchmarks.wrk import V1_SCRIPT, V2_SCRIPT, wrk
 from fusion import data
 
@@ -132,20 +132,27 @@ def main() -> int:
                 v2_url = f"{stack.url}/v2/models/{name}/infer"
                 v2_script = V2_SCRIPT.format(body=v2_single_row(batch))
                 wrk(v2_url, v2_script, 2, args.connections)  # warm-up
+                meter = CpuMeter(stack)
+                meter.start()
                 single = wrk(v2_url, v2_script, args.duration, args.connections)
+                single_cpu = meter.stop()
                 v1_script = V1_SCRIPT.format(
                     body=v1_raw_list(rows[: args.list_size]),
                     model=name,
                     last_row=args.list_size - 1,
                 )
+                meter.start()
                 lists = wrk(stack.url, v1_script, args.duration, args.connections // 4)
+                lists_cpu = meter.stop()
             served_rows = {
                 "/v2 single rows": single["requests_per_s"],
                 f"/v1 raw lists of {args.list_size}": lists["finished"]
                 * args.list_size
                 / args.duration,
             }
+            cpu = {"/v2 single rows": single_cpu, f"/v1 raw lists of {args.list_size}": lists_cpu}
             for shape, per_s in served_rows.items():
+                cores = {f"{k}_cores": round(v / args.duration, 2) for k, v in cpu[shape].items()}
                 rows_out.append(
                     {
                         "model": name,
@@ -154,6 +161,7 @@ def main() -> int:
                         "raw_ort_per_s": round(raw),
                         "served_per_s": round(per_s),
                         "served_over_raw": round(per_s / raw, 3),
+                        **cores,
                     }
                 )
     print(f"ORT threads {args.ort_threads}, max batch 64, wrk {args.connections} connections\n")

@@ -60,6 +60,10 @@ class ModelRuntime:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or int(os.environ.get("FUSIONSERVE_ORT_THREADS", 0))
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if os.environ.get("FUSIONSERVE_ORT_SPIN", "0") != "1":
+            # A serving host shares its cores with the API and Redis: ORT's threads must
+            # sleep between batches instead of spinning on cores the others need.
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers = choose_providers()
         self.session = ort.InferenceSession(
             str(files.onnx_path(self.version)), options, providers=providers
