@@ -83,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
     )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # no line per request
     if args.command == "up":
         from fusionserve.up import run_up
 
