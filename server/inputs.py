@@ -165,18 +165,11 @@ def raw_tensors(item: Item, model: PublishedModel) -> dict[str, np.ndarray]:
     pre = model.meta.config.preprocessing
     tensors: dict[str, np.ndarray] = {}
     if item.text is not None:
-        if pre.text is None or model.tokenizer is None:
-            raise invalid(f"model {model.name} takes no 'text'")
-        if not item.text.strip():
-            raise invalid("'text' is empty")
-        ids = model.tokenizer.encode(item.text).ids[: pre.text.max_length]
-        tensors[pre.text.ids_input] = np.array([ids], dtype=np.int64)
-        if pre.text.mask_input:
-            tensors[pre.text.mask_input] = np.ones((1, len(ids)), dtype=np.int64)
+        tensors.update(text_tensors([item.text], model))
     if item.image is not None:
         if pre.image is None:
             raise invalid(f"model {model.name} takes no 'image'")
-        tensors[pre.image.input] = _image(item.image, pre.image)[None]
+        tensors[pre.image.input] = decode_image(_base64(item.image), pre.image)[None]
     needed = sorted({s.name for s in model.meta.inputs} - tensors.keys())
     if needed:
         wanted = [k for k, v in (("text", pre.text), ("image", pre.image)) if v is not None]
@@ -184,13 +177,34 @@ def raw_tensors(item: Item, model: PublishedModel) -> dict[str, np.ndarray]:
     return tensors
 
 
-def _image(encoded: str, settings: Any) -> np.ndarray:
+def text_tensors(texts: Sequence[str], model: PublishedModel) -> dict[str, np.ndarray]:
+    """Token ids (and mask) of ``texts`` with the model's tokenizer, padded to the longest."""
+    pre = model.meta.config.preprocessing.text
+    if pre is None or model.tokenizer is None:
+        raise invalid(f"model {model.name} takes no 'text'")
+    rows = []
+    for text in texts:
+        if not text.strip():
+            raise invalid("'text' is empty")
+        ids = model.tokenizer.encode(text).ids[: pre.max_length]
+        row = {pre.ids_input: np.array([ids], dtype=np.int64)}
+        if pre.mask_input:
+            row[pre.mask_input] = np.ones((1, len(ids)), dtype=np.int64)
+        rows.append(row)
+    return assembly.stack(rows, {pre.ids_input: pre.pad_id})
+
+
+def _base64(encoded: str) -> bytes:
     if "," in encoded[:64] and encoded.startswith("data:"):
         encoded = encoded.split(",", 1)[1]  # a data URL
     try:
-        data = base64.b64decode(encoded, validate=True)
+        return base64.b64decode(encoded, validate=True)
     except (binascii.Error, ValueError):
         raise invalid("'image' is not valid base64") from None
+
+
+def decode_image(data: bytes, settings: Any) -> np.ndarray:
+    """An encoded PNG or JPEG as the model's normalised image tensor (no batch dim)."""
     try:
         with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as img:
             img = img.convert("RGB")

@@ -2,7 +2,10 @@
 
 A V2 request is one queue entry whose rows are the tensors' batch dimension; the
 request waits on the entry's notification (no second queue, no second batcher).
-Errors follow the protocol: a non-200 status with ``{"error": "<message>"}``.
+Tensors come as JSON ``data`` or through the binary tensor data extension; a BYTES
+input named ``text`` carries raw text for models with a tokenizer, and a BYTES image
+input carries encoded PNG or JPEG images. Errors follow the protocol: a non-200
+status with ``{"error": "<message>"}``.
 """
 
 from __future__ import annotations
@@ -11,18 +14,29 @@ import math
 from typing import Any
 
 import numpy as np
-import orjson
-from flask import Blueprint, jsonify, request
+from flask import Blueprint, Response, jsonify, request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+import fusionserve
 from batching import codec
 from batching.model_config import NUMPY_TO_V2
+from server import v2_wire
 from server.errors import ApiError, bad_request, invalid, not_found
-from server.inputs import check_batch_shape, check_names, check_shared_dims, to_array
+from server.inputs import (
+    check_batch_shape,
+    check_names,
+    check_shared_dims,
+    decode_image,
+    text_tensors,
+    to_array,
+)
 from server.registry import PublishedModel
 from server.services import services
 
 bp = Blueprint("v2", __name__, url_prefix="/v2")
+
+EXTENSIONS = ["binary_tensor_data", "statistics"]
+TEXT_INPUT = "text"
 
 
 class V2Tensor(BaseModel):
@@ -58,6 +72,16 @@ def _v2_error(exc: ApiError):
     return response
 
 
+# --- server and model metadata ---------------------------------------------------------
+
+
+@bp.get("")
+def server_metadata():
+    return jsonify(
+        {"name": "fusionserve", "version": fusionserve.__version__, "extensions": EXTENSIONS}
+    )
+
+
 @bp.get("/health/live")
 def live():
     return "", 200
@@ -66,8 +90,7 @@ def live():
 @bp.get("/health/ready")
 def ready():
     svc = services()
-    names = svc.registry.names()
-    serving = [m for m in map(svc.registry.get, names) if m and m.ready_workers]
+    serving = [m for m in map(svc.registry.get, svc.registry.names()) if m and m.ready_workers]
     return ("", 200) if serving else ("", 503)
 
 
@@ -80,11 +103,88 @@ def _model(name: str, version: str | None) -> PublishedModel:
     return model
 
 
+def _spec(spec) -> dict[str, Any]:
+    return {"name": spec.name, "datatype": spec.datatype, "shape": spec.shape}
+
+
+@bp.get("/models/<name>")
+@bp.get("/models/<name>/versions/<version>")
+def model_metadata(name: str, version: str | None = None):
+    model = _model(name, version)
+    return jsonify(
+        {
+            "name": name,
+            "versions": [version] if version else model.meta.versions,
+            "platform": model.meta.config.platform,
+            "inputs": [_spec(s) for s in model.meta.inputs],
+            "outputs": [_spec(s) for s in model.meta.outputs],
+        }
+    )
+
+
+@bp.get("/models/<name>/ready")
+@bp.get("/models/<name>/versions/<version>/ready")
+def model_ready(name: str, version: str | None = None):
+    model = _model(name, version)
+    if not model.ready_workers:
+        raise ApiError(503, "not_ready", f"model '{name}' has no ready worker")
+    return "", 200
+
+
+@bp.get("/models/<name>/config")
+@bp.get("/models/<name>/versions/<version>/config")
+def model_config(name: str, version: str | None = None):
+    """Triton's model configuration, as JSON."""
+    model = _model(name, version)
+    batching = model.meta.config.batching
+
+    def io(spec) -> dict[str, Any]:
+        return {
+            "name": spec.name,
+            "data_type": f"TYPE_{_triton_type(spec.datatype)}",
+            "dims": spec.shape[1:],
+        }
+
+    return jsonify(
+        {
+            "name": name,
+            "platform": model.meta.config.platform,
+            "backend": "onnxruntime",
+            "max_batch_size": batching.max_batch_size,
+            "version_policy": {"latest": {"num_versions": 1}},
+            "input": [io(s) for s in model.meta.inputs],
+            "output": [io(s) for s in model.meta.outputs],
+            "dynamic_batching": {
+                "preferred_batch_size": batching.preferred_batch_sizes,
+                "max_queue_delay_microseconds": int(batching.max_queue_delay_ms * 1000),
+                "priority_levels": batching.priority_levels,
+                "default_priority_level": batching.priority_levels,
+                "default_queue_policy": {
+                    "default_timeout_microseconds": batching.default_timeout_ms * 1000,
+                    "max_queue_size": batching.max_queue_size,
+                },
+            },
+            "instance_group": [{"count": model.ready_workers, "kind": "KIND_CPU"}],
+        }
+    )
+
+
+def _triton_type(datatype: str) -> str:
+    return {"BYTES": "STRING"}.get(datatype, datatype)
+
+
+# --- inference ------------------------------------------------------------------------
+
+
 def _parse(raw: bytes) -> V2Request:
+    header, binary = v2_wire.split_body(raw, request.headers.get(v2_wire.HEADER_LENGTH))
+    inputs = header.get("inputs")
+    if isinstance(inputs, list) and all(isinstance(t, dict) for t in inputs):
+        v2_wire.decode_binary_inputs(inputs, binary)
+    elif len(binary):
+        raise bad_request("binary data without inputs that claim it")
     try:
-        return V2Request.model_validate(orjson.loads(raw))
-    except orjson.JSONDecodeError as exc:
-        raise bad_request(f"malformed JSON: {exc}") from None
+        return V2Request.model_validate(header)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
@@ -95,16 +195,32 @@ def _tensors(req: V2Request, model: PublishedModel) -> tuple[dict[str, np.ndarra
     names = [t.name for t in req.inputs]
     if len(set(names)) != len(names):
         raise bad_request("an input is given more than once")
-    check_names(names, model)
+    pre = model.meta.config.preprocessing
     specs = {s.name: s for s in model.meta.inputs}
     tensors: dict[str, np.ndarray] = {}
+    rows: set[int] = set()
     for t in req.inputs:
-        spec = specs[t.name]
+        if t.datatype == "BYTES":
+            elements = _bytes_rows(t)
+            rows.add(len(elements))
+            if t.name == TEXT_INPUT and pre.text is not None:
+                texts = [_utf8(e, t.name) for e in elements]
+                tensors.update(text_tensors(texts, model))
+            elif pre.image is not None and t.name == pre.image.input:
+                tensors[t.name] = np.stack([decode_image(e, pre.image) for e in elements])
+            else:
+                raise invalid(f"input '{t.name}': BYTES is accepted only for raw text or images")
+            continue
+        spec = specs.get(t.name)
+        if spec is None:
+            raise invalid(
+                f"unknown input(s) ['{t.name}']; model {model.name} takes {sorted(specs)}"
+            )
         if t.datatype != spec.datatype:
             raise invalid(
                 f"input '{t.name}' has datatype {t.datatype}; the model takes {spec.datatype}"
             )
-        array = to_array(t.name, t.data, spec)
+        array = t.data if isinstance(t.data, np.ndarray) else to_array(t.name, t.data, spec)
         if array.size != math.prod(t.shape):
             needed = math.prod(t.shape)
             raise invalid(
@@ -113,11 +229,41 @@ def _tensors(req: V2Request, model: PublishedModel) -> tuple[dict[str, np.ndarra
         array = array.reshape(t.shape)
         check_batch_shape(t.name, array, spec)
         tensors[t.name] = array
-    rows = {a.shape[0] for a in tensors.values()}
+        rows.add(array.shape[0])
+    check_names(tensors.keys(), model)
     if len(rows) != 1:
         raise invalid(f"inputs disagree on the batch size: {sorted(rows)}")
     check_shared_dims(tensors, model)
     return tensors, rows.pop()
+
+
+def _bytes_rows(t: V2Tensor) -> list[bytes]:
+    """One BYTES element per row: shape [N] or [N, 1]."""
+    if not t.shape or math.prod(t.shape) != t.shape[0]:
+        raise invalid(
+            f"input '{t.name}': BYTES inputs take one element per row, shape [N] or [N, 1]"
+        )
+    data = t.data
+    if isinstance(data, np.ndarray):
+        elements = list(data.ravel())
+    elif isinstance(data, list):
+        elements = [e.encode() if isinstance(e, str) else e for e in _flatten(data)]
+    else:
+        raise invalid(f"input '{t.name}': BYTES data must be a list of strings")
+    if len(elements) != t.shape[0] or not all(isinstance(e, bytes) for e in elements):
+        raise invalid(f"input '{t.name}': expected {t.shape[0]} strings")
+    return elements
+
+
+def _flatten(data: list) -> list:
+    return [x for item in data for x in (_flatten(item) if isinstance(item, list) else [item])]
+
+
+def _utf8(element: bytes, name: str) -> str:
+    try:
+        return element.decode()
+    except UnicodeDecodeError:
+        raise invalid(f"input '{name}': text is not UTF-8") from None
 
 
 @bp.post("/models/<name>/infer")
@@ -129,8 +275,12 @@ def infer(name: str, version: str | None = None):
     tensors, rows = _tensors(req, model)
     params = req.parameters
     timeout_us = params.get("timeout")
-    timeout_ms = max(1, int(timeout_us) // 1000) if isinstance(timeout_us, int) else None
-    priority = params.get("priority") if isinstance(params.get("priority"), int) else None
+    if timeout_us is not None and (not isinstance(timeout_us, int) or timeout_us <= 0):
+        raise bad_request("parameter 'timeout' must be a positive number of microseconds")
+    priority = params.get("priority")
+    if priority is not None and (not isinstance(priority, int) or priority < 0):
+        raise bad_request("parameter 'priority' must be a non-negative integer")
+    timeout_ms = max(1, timeout_us // 1000) if timeout_us else None
     ref = svc.queue.submit(model, tensors, rows, priority=priority or None, timeout_ms=timeout_ms)
     budget_ms = min(timeout_ms or 10**9, model.meta.config.batching.default_timeout_ms)
     view = svc.queue.wait_submitted(name, ref, budget_ms / 1000.0 + 1.0)
@@ -140,30 +290,39 @@ def infer(name: str, version: str | None = None):
         error = view.result.get("error", {})
         status = 504 if view.state == "expired" else 500
         raise ApiError(status, error.get("code", view.state), error.get("message", view.state))
-    wanted = [o.name for o in req.outputs] if req.outputs else None
-    outputs = view.result["outputs"]
-    if wanted:
-        unknown = sorted(set(wanted) - outputs.keys())
-        if unknown:
-            raise bad_request(f"unknown output(s) {unknown}")
-    body = {
+    return _response(req, name, model, view.result)
+
+
+def _response(req: V2Request, name: str, model: PublishedModel, result: dict[str, Any]) -> Response:
+    outputs = result["outputs"]
+    wanted = req.outputs or [V2Output(name=n) for n in outputs]
+    unknown = sorted({o.name for o in wanted} - outputs.keys())
+    if unknown:
+        raise bad_request(f"unknown output(s) {unknown}")
+    binary_default = bool(req.parameters.get("binary_data_output", False))
+    header: dict[str, Any] = {
         "model_name": name,
-        "model_version": str(view.result.get("version", model.meta.versions[-1])),
-        "outputs": [_output(n, outputs[n]) for n in (wanted or outputs)],
+        "model_version": str(result.get("version", model.meta.versions[-1])),
+        "outputs": [],
     }
     if req.id is not None:
-        body["id"] = req.id
-    return jsonify(body)
-
-
-def _output(name: str, frame: dict[str, Any]) -> dict[str, Any]:
-    array = codec.tensor_from_wire(frame)
-    datatype = NUMPY_TO_V2[array.dtype.name]
-    if array.dtype == np.float16:
-        array = array.astype(np.float32)  # orjson serialises no float16
-    return {
-        "name": name,
-        "datatype": datatype,
-        "shape": list(array.shape),
-        "data": array.ravel(),
-    }
+        header["id"] = req.id
+    binary: list[bytes] = []
+    for out in wanted:
+        array = codec.tensor_from_wire(outputs[out.name])
+        entry: dict[str, Any] = {
+            "name": out.name,
+            "datatype": NUMPY_TO_V2[array.dtype.name],
+            "shape": list(array.shape),
+        }
+        if out.parameters.get("binary_data", binary_default):
+            data = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+            entry["parameters"] = {"binary_data_size": len(data)}
+            binary.append(data)
+        else:
+            entry["data"] = (
+                array.astype(np.float32) if array.dtype == np.float16 else array
+            ).ravel()
+        header["outputs"].append(entry)
+    body, headers = v2_wire.response_body(header, binary)
+    return Response(body, status=200, headers=headers)
