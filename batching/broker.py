@@ -11,7 +11,7 @@ The atomic steps are the ``.lua`` files beside this module.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
@@ -216,10 +216,22 @@ class Broker:
         states = self._start(keys=[keys.job(e.model, e.ref) for e in entries], args=[worker_id])
         return [s.decode() if isinstance(s, bytes) else s for s in states]
 
-    def complete(self, finished: Iterable[Finished], ttl_s: int) -> int:
-        """Write results, notify waiters and ack, in one atomic call per micro-batch."""
-        keys_: list[str] = []
-        args: list[Any] = [keys.GROUP, ttl_s]
+    def complete(
+        self,
+        finished: Sequence[Finished],
+        ttl_s: int,
+        *,
+        version: int | str = 0,
+        stats: Mapping[str, int] | None = None,
+    ) -> int:
+        """Write results, notify waiters, count statistics and ack: one atomic call per batch."""
+        if not finished:
+            return 0
+        model = finished[0].entry.model
+        stat_pairs = [x for field, value in (stats or {}).items() for x in (field, value)]
+        keys_: list[str] = [keys.stats(model, version)]
+        args: list[Any] = [keys.GROUP, ttl_s, len(stat_pairs) // 2, *stat_pairs]
+        done_ns = time.time_ns()
         for f in finished:
             e = f.entry
             keys_ += [
@@ -227,10 +239,13 @@ class Broker:
                 keys.job(e.model, e.ref),
                 keys.watchers(e.model, e.ref),
             ]
-            args += [e.id, f.state, codec.pack(f.result)]
-        if not keys_:
-            return 0
+            duration_ns = max(0, done_ns - e.enqueued_ms * 1_000_000)
+            args += [e.id, f.state, codec.pack(f.result), duration_ns]
         return int(self._complete(keys=keys_, args=args))
+
+    def stats(self, model: str, version: int | str) -> dict[str, int]:
+        raw = self.redis.hgetall(keys.stats(model, version))
+        return {k.decode(): int(v) for k, v in raw.items()}
 
     def reclaim(
         self,

@@ -50,6 +50,11 @@ def workers(model: str) -> str:
     return f"{_tag(model)}:workers"
 
 
+def stats(model: str, version: int | str) -> str:
+    """Hash of counters for one model version (Triton's statistics extension)."""
+    return f"{_tag(model)}:stats:{version}"
+
+
 def reply_channel(process_id: str) -> str:
     """Pub/sub channel of one API process; workers publish finished results to it."""
     return f"{PREFIX}:reply:{process_id}"

@@ -21,7 +21,7 @@ from typing import Any
 
 from batching.settings import Settings
 
-BENCHMARKS = ("ceiling", "overhead", "capacity")
+BENCHMARKS = ("ceiling", "overhead", "capacity", "perf_analyzer")
 
 
 def _settings(args: argparse.Namespace, **fields: Any) -> Settings:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import redis
-from flask import Flask, jsonify
+from flask import Flask, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 
@@ -51,6 +51,10 @@ def register_error_handlers(app: Flask) -> None:
         if exc.code == 413:
             limit = app.config.get("MAX_CONTENT_LENGTH")
             message = f"request body exceeds the limit of {limit} bytes"
+        if request.path.startswith("/v2"):  # the KServe V2 shape: {"error": "<message>"}
+            response = jsonify({"error": message})
+            response.status_code = exc.code or 500
+            return response
         return _body(exc.code or 500, code, message)
 
     @app.errorhandler(redis.RedisError)

@@ -169,6 +169,54 @@ def model_config(name: str, version: str | None = None):
     )
 
 
+@bp.get("/models/<name>/stats")
+@bp.get("/models/<name>/versions/<version>/stats")
+def model_stats(name: str, version: str | None = None):
+    """Triton's statistics extension, from the counters workers keep per model version."""
+    model = _model(name, version)
+    broker = services().broker
+    versions = [version] if version else model.meta.versions
+    return jsonify({"model_stats": [_stats(name, v, broker.stats(name, v)) for v in versions]})
+
+
+def _stats(name: str, version: str, c: dict[str, int]) -> dict[str, Any]:
+    def pair(prefix: str) -> dict[str, int]:
+        return {"count": c.get(f"{prefix}_count", 0), "ns": c.get(f"{prefix}_ns", 0)}
+
+    sizes = sorted(
+        int(k.split(":")[1]) for k in c if k.startswith("batch:") and k.endswith(":count")
+    )
+    batch_stats = []
+    for size in sizes:
+        count = c[f"batch:{size}:count"]
+        batch_stats.append(
+            {"batch_size": size}
+            | {
+                part: {"count": count, "ns": c.get(f"batch:{size}:{part}_ns", 0)}
+                for part in ("compute_input", "compute_infer", "compute_output")
+            }
+        )
+    return {
+        "name": name,
+        "version": version,
+        "last_inference": c.get("last_inference", 0),
+        "inference_count": c.get("inference_count", 0),
+        "execution_count": c.get("execution_count", 0),
+        "inference_stats": {
+            part: pair(part)
+            for part in (
+                "success",
+                "fail",
+                "queue",
+                "compute_input",
+                "compute_infer",
+                "compute_output",
+            )
+        },
+        "batch_stats": batch_stats,
+    }
+
+
 def _triton_type(datatype: str) -> str:
     return {"BYTES": "STRING"}.get(datatype, datatype)
 

@@ -142,31 +142,42 @@ class ModelLoop:
                 finished.append(Finished(entry, "failed", _error("bad_entry", str(exc))))
                 continue
             live.append(entry)
+        self.stats: dict[str, int] = {}
         if live:
             finished += self.run_batch(live, pulled_ms)
-        self.broker.complete(finished, self.settings.result_ttl_s)
+        self.broker.complete(
+            finished, self.settings.result_ttl_s, version=self.runtime.version, stats=self.stats
+        )
         self.policy.ran(sum(e.rows for e in live))
         self.batches += 1
 
     def run_batch(self, entries: Sequence[Entry], pulled_ms: float) -> list[Finished]:
+        """Run the entries as one batch; also leaves this batch's statistics in ``self.stats``."""
         cap = self.batching.max_batch_size
         rows = [e.rows for e in entries]
-        started = time.perf_counter()
+        t0 = time.perf_counter_ns()
         try:
             if len(entries) == 1 and rows[0] > cap:  # an oversized entry runs alone, in chunks
                 parts = assembly.chunks(entries[0].inputs, rows[0], cap)
-                per_entry = [assembly.concat([self.runtime.run(p) for p in parts])]
+                t1 = time.perf_counter_ns()
+                outputs = [self.runtime.run(p) for p in parts]
+                t2 = time.perf_counter_ns()
+                per_entry = [assembly.concat(outputs)]
                 batch_size = cap
             else:
                 batch = assembly.stack([e.inputs for e in entries], self.runtime.pad_values)
-                per_entry = assembly.split(self.runtime.run(batch), rows)
+                t1 = time.perf_counter_ns()
+                output = self.runtime.run(batch)
+                t2 = time.perf_counter_ns()
+                per_entry = assembly.split(output, rows)
                 batch_size = sum(rows)
         except Exception as exc:  # the model rejected the batch: every entry in it fails
             log.warning("%s: batch of %d rows failed: %s", self.model, sum(rows), exc)
+            self.stats = {}
             return [Finished(e, "failed", _error("model_error", str(exc))) for e in entries]
-        compute_ms = (time.perf_counter() - started) * 1000.0
+        compute_ms = (t2 - t0) / 1e6
         finished = []
-        for entry, outputs in zip(entries, per_entry, strict=True):
+        for entry, outputs_ in zip(entries, per_entry, strict=True):
             timings = {
                 "queue_ms": round(max(0.0, pulled_ms - entry.enqueued_ms), 3),
                 "compute_ms": round(compute_ms, 3),
@@ -174,12 +185,44 @@ class ModelLoop:
                 "worker": self.worker_id,
             }
             result = {
-                "outputs": {k: codec.tensor_to_wire(v) for k, v in outputs.items()},
+                "outputs": {k: codec.tensor_to_wire(v) for k, v in outputs_.items()},
                 "timings": timings,
                 "version": self.runtime.version,
             }
             finished.append(Finished(entry, "done", result))
+        t3 = time.perf_counter_ns()
+        self.stats = batch_statistics(entries, pulled_ms, batch_size, t1 - t0, t2 - t1, t3 - t2)
         return finished
+
+
+def batch_statistics(
+    entries: Sequence[Entry],
+    pulled_ms: float,
+    batch_size: int,
+    input_ns: int,
+    infer_ns: int,
+    output_ns: int,
+) -> dict[str, int]:
+    """Triton's statistics for one executed batch: per request, and per batch size."""
+    n = len(entries)
+    queue_ns = sum(max(0, int((pulled_ms - e.enqueued_ms) * 1e6)) for e in entries)
+    return {
+        "queue_count": n,
+        "queue_ns": queue_ns,
+        "compute_input_count": n,
+        "compute_input_ns": n * input_ns,
+        "compute_infer_count": n,
+        "compute_infer_ns": n * infer_ns,
+        "compute_output_count": n,
+        "compute_output_ns": n * output_ns,
+        "inference_count": sum(e.rows for e in entries),
+        "execution_count": 1,
+        f"batch:{batch_size}:count": 1,
+        f"batch:{batch_size}:compute_input_ns": input_ns,
+        f"batch:{batch_size}:compute_infer_ns": infer_ns,
+        f"batch:{batch_size}:compute_output_ns": output_ns,
+        "last_inference": int(time.time() * 1000),
+    }
 
 
 def _error(code: str, message: str) -> dict[str, dict[str, str]]:

@@ -2,22 +2,40 @@
 -- is not yet final (a late duplicate from a reclaimed entry never overwrites or
 -- double-counts the finished one), publish it to the submitter's and any
 -- long-poller's reply channel, then XACK and XDEL the entry (its inputs are no
--- longer needed; the queue stays bounded by admission, never by trimming).
+-- longer needed; the queue stays bounded by admission, never by trimming). The
+-- model's statistics (Triton's statistics extension) are counted in the same call.
 --
--- KEYS[3i-2], KEYS[3i-1], KEYS[3i]   stream, job record, watcher set of entry i
+-- KEYS[1]                            the statistics hash of the model version
+-- KEYS[3i-1], KEYS[3i], KEYS[3i+1]   stream, job record, watcher set of entry i
 -- ARGV[1]                            consumer group
 -- ARGV[2]                            result TTL in seconds
--- ARGV[3i], ARGV[3i+1], ARGV[3i+2]   entry id, final state, packed result of entry i
+-- ARGV[3]                            n: how many statistics pairs follow
+-- ARGV[4 .. 3+2n]                    statistics field, increment (last_inference: set)
+-- then per entry i, four values      entry id, final state, packed result, duration ns
 -- returns                            how many results were written (duplicates are not)
-local group, ttl = ARGV[1], tonumber(ARGV[2])
+local stats, group, ttl = KEYS[1], ARGV[1], tonumber(ARGV[2])
+local pairs_ = tonumber(ARGV[3])
+for p = 0, pairs_ - 1 do
+  local field, value = ARGV[4 + 2 * p], ARGV[5 + 2 * p]
+  if field == 'last_inference' then
+    redis.call('HSET', stats, field, value)
+  else
+    redis.call('HINCRBY', stats, field, value)
+  end
+end
+local base = 3 + 2 * pairs_
 local written = 0
-for i = 1, #KEYS / 3 do
-  local stream, record, watch = KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i]
-  local id, state, result = ARGV[3 * i], ARGV[3 * i + 1], ARGV[3 * i + 2]
+for i = 1, (#KEYS - 1) / 3 do
+  local stream, record, watch = KEYS[3 * i - 1], KEYS[3 * i], KEYS[3 * i + 1]
+  local a = base + 4 * (i - 1)
+  local id, state, result, duration = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
   local st = redis.call('HGET', record, 'st')
   if st == 'queued' or st == 'running' then
     redis.call('HSET', record, 'st', state, 'res', result)
     redis.call('EXPIRE', record, ttl)
+    local outcome = state == 'done' and 'success' or 'fail'
+    redis.call('HINCRBY', stats, outcome .. '_count', 1)
+    redis.call('HINCRBY', stats, outcome .. '_ns', duration)
     local message = record .. '\n' .. state .. '\n' .. result
     local reply = redis.call('HGET', record, 'rp')
     if reply then
