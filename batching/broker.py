@@ -47,6 +47,7 @@ class Entry:
     id: str
     rows: int
     deadline_ms: int
+    version: int
     payload: bytes
     _inputs: dict[str, np.ndarray] | None = field(default=None, repr=False)
 
@@ -97,6 +98,8 @@ class NewEntry:
     reply_channel: str
     max_queue_size: int
     deadline_ms: int
+    version: int = 0
+    """The exact model version asked for; 0 runs on the newest one loaded."""
 
     def script_args(self) -> tuple[list[str], list[Any]]:
         """KEYS and ARGV of ``submit.lua``."""
@@ -109,6 +112,8 @@ class NewEntry:
             self.priority,
             self.max_queue_size,
             self.deadline_ms,
+            self.version,
+            keys.pinned(self.model, ""),
         ]
         return [keys.stream(self.model, self.priority), *streams], args
 
@@ -230,7 +235,13 @@ class Broker:
         model = finished[0].entry.model
         stat_pairs = [x for field, value in (stats or {}).items() for x in (field, value)]
         keys_: list[str] = [keys.stats(model, version)]
-        args: list[Any] = [keys.GROUP, ttl_s, len(stat_pairs) // 2, *stat_pairs]
+        args: list[Any] = [
+            keys.GROUP,
+            ttl_s,
+            keys.pinned(model, ""),
+            len(stat_pairs) // 2,
+            *stat_pairs,
+        ]
         done_ns = time.time_ns()
         for f in finished:
             e = f.entry
@@ -240,8 +251,12 @@ class Broker:
                 keys.watchers(e.model, e.ref),
             ]
             duration_ns = max(0, done_ns - e.enqueued_ms * 1_000_000)
-            args += [e.id, f.state, codec.pack(f.result), duration_ns]
+            args += [e.id, f.state, codec.pack(f.result), duration_ns, e.version]
         return int(self._complete(keys=keys_, args=args))
+
+    def pinned(self, model: str, version: int) -> int:
+        """Unfinished entries that asked for exactly this version."""
+        return int(self.redis.get(keys.pinned(model, version)) or 0)
 
     def stats(self, model: str, version: int | str) -> dict[str, int]:
         raw = self.redis.hgetall(keys.stats(model, version))
@@ -281,6 +296,7 @@ class Broker:
                 dead_result,
                 keys.watchers(model, ""),
                 priority,
+                keys.pinned(model, ""),
             ],
         )
         entries = [_entry(model, priority, eid, fields) for eid, fields in claimed if fields]
@@ -305,6 +321,7 @@ def _entry(model: str, priority: int, eid: bytes | str, fields: Any) -> Entry:
         id=eid.decode() if isinstance(eid, bytes) else eid,
         rows=int(fields[b"n"]),
         deadline_ms=int(fields[b"d"]),
+        version=int(fields.get(b"v", 0)),
         payload=fields[b"x"],
     )
 

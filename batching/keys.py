@@ -55,6 +55,16 @@ def stats(model: str, version: int | str) -> str:
     return f"{_tag(model)}:stats:{version}"
 
 
+def pinned(model: str, version: int | str) -> str:
+    """Counter of unfinished entries that asked for this exact version: unload drains to zero."""
+    return f"{_tag(model)}:pinned:{version}"
+
+
+def control(model: str) -> str:
+    """Hash of what the repository API asked for (``want``) and a generation counter."""
+    return f"{_tag(model)}:control"
+
+
 def reply_channel(process_id: str) -> str:
     """Pub/sub channel of one API process; workers publish finished results to it."""
     return f"{PREFIX}:reply:{process_id}"

@@ -75,6 +75,23 @@ class Postprocessing(_Strict):
     top_k: int = Field(5, ge=1)
 
 
+class VersionPolicy(_Strict):
+    """Which version directories to serve (Triton's ``version_policy``): one of the three."""
+
+    latest: int | None = Field(None, ge=1)
+    all: bool = False
+    specific: list[int] | None = None
+
+    def select(self, available: list[int]) -> list[int]:
+        """The versions to serve out of those on disk, ascending."""
+        ordered = sorted(available)
+        if self.all:
+            return ordered
+        if self.specific is not None:
+            return [v for v in ordered if v in self.specific]
+        return ordered[-(self.latest or 1) :]
+
+
 class ModelConfig(BaseModel):
     """``config.toml``; unknown top-level tables (e.g. ``[training]``) are kept as information."""
 
@@ -87,6 +104,7 @@ class ModelConfig(BaseModel):
     instances: InstancesConfig = InstancesConfig()
     preprocessing: Preprocessing = Preprocessing()
     postprocessing: Postprocessing = Postprocessing()
+    version_policy: VersionPolicy = VersionPolicy()
 
     @classmethod
     def load(cls, path: Path) -> ModelConfig:
@@ -120,6 +138,9 @@ class ModelMeta(BaseModel):
 
     name: str
     versions: list[str]
+    """Versions being served (new work may go to them)."""
+    available: list[str] = []
+    """Version directories in the worker's repository."""
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
     config: ModelConfig

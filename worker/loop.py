@@ -12,6 +12,7 @@ from batching.broker import FINAL_STATES, Broker, Entry, Finished, now_ms
 from batching.policy import BatchPolicy, Decision
 from batching.settings import Settings
 from worker.runtime import ModelRuntime
+from worker.versions import ModelVersions
 
 log = logging.getLogger(__name__)
 
@@ -23,15 +24,15 @@ class ModelLoop:
     def __init__(
         self,
         broker: Broker,
-        runtime: ModelRuntime,
+        versions: ModelVersions,
         worker_id: str,
         settings: Settings,
         stop: threading.Event,
     ) -> None:
         self.broker = broker
-        self.runtime = runtime
-        self.model = runtime.files.name
-        self.batching = runtime.files.config.batching
+        self.versions = versions
+        self.model = versions.name
+        self.batching = versions.files.config.batching
         self.worker_id = worker_id
         self.settings = settings
         self.stop = stop
@@ -43,6 +44,7 @@ class ModelLoop:
         self.reclaim_every_s = min(self.settings.visibility_timeout_s / 2, 5.0)
         self._next_reclaim = 0.0
         self.batches = 0
+        self.stats: dict[str, int] = {}
 
     def run(self) -> None:
         levels = self.batching.priority_levels
@@ -142,16 +144,30 @@ class ModelLoop:
                 finished.append(Finished(entry, "failed", _error("bad_entry", str(exc))))
                 continue
             live.append(entry)
-        self.stats: dict[str, int] = {}
-        if live:
-            finished += self.run_batch(live, pulled_ms)
-        self.broker.complete(
-            finished, self.settings.result_ttl_s, version=self.runtime.version, stats=self.stats
-        )
+        by_version: dict[int, list[Entry]] = {}
+        runtimes: dict[int, ModelRuntime] = {}
+        for entry in live:
+            runtime = self.versions.runtime_for(entry.version)
+            if runtime is None:
+                message = f"version {entry.version or 'newest'} of {self.model} is not loaded"
+                finished.append(Finished(entry, "failed", _error("version_unavailable", message)))
+                continue
+            by_version.setdefault(runtime.version, []).append(entry)
+            runtimes[runtime.version] = runtime
+        if not by_version:  # nothing ran: acknowledge what was decided
+            self.broker.complete(finished, self.settings.result_ttl_s)
+        for version, group in by_version.items():  # normally one group: the newest version
+            done = self.run_batch(group, pulled_ms, runtimes[version])
+            self.broker.complete(
+                finished + done, self.settings.result_ttl_s, version=version, stats=self.stats
+            )
+            finished = []
         self.policy.ran(sum(e.rows for e in live))
         self.batches += 1
 
-    def run_batch(self, entries: Sequence[Entry], pulled_ms: float) -> list[Finished]:
+    def run_batch(
+        self, entries: Sequence[Entry], pulled_ms: float, runtime: ModelRuntime
+    ) -> list[Finished]:
         """Run the entries as one batch; also leaves this batch's statistics in ``self.stats``."""
         cap = self.batching.max_batch_size
         rows = [e.rows for e in entries]
@@ -160,14 +176,14 @@ class ModelLoop:
             if len(entries) == 1 and rows[0] > cap:  # an oversized entry runs alone, in chunks
                 parts = assembly.chunks(entries[0].inputs, rows[0], cap)
                 t1 = time.perf_counter_ns()
-                outputs = [self.runtime.run(p) for p in parts]
+                outputs = [runtime.run(p) for p in parts]
                 t2 = time.perf_counter_ns()
                 per_entry = [assembly.concat(outputs)]
                 batch_size = cap
             else:
-                batch = assembly.stack([e.inputs for e in entries], self.runtime.pad_values)
+                batch = assembly.stack([e.inputs for e in entries], runtime.pad_values)
                 t1 = time.perf_counter_ns()
-                output = self.runtime.run(batch)
+                output = runtime.run(batch)
                 t2 = time.perf_counter_ns()
                 per_entry = assembly.split(output, rows)
                 batch_size = sum(rows)
@@ -187,7 +203,7 @@ class ModelLoop:
             result = {
                 "outputs": {k: codec.tensor_to_wire(v) for k, v in outputs_.items()},
                 "timings": timings,
-                "version": self.runtime.version,
+                "version": runtime.version,
             }
             finished.append(Finished(entry, "done", result))
         t3 = time.perf_counter_ns()

@@ -9,26 +9,29 @@
 -- KEYS[3i-1], KEYS[3i], KEYS[3i+1]   stream, job record, watcher set of entry i
 -- ARGV[1]                            consumer group
 -- ARGV[2]                            result TTL in seconds
--- ARGV[3]                            n: how many statistics pairs follow
--- ARGV[4 .. 3+2n]                    statistics field, increment (last_inference: set)
--- then per entry i, four values      entry id, final state, packed result, duration ns
+-- ARGV[3]                            pinned-version counter key prefix
+-- ARGV[4]                            n: how many statistics pairs follow
+-- ARGV[5 .. 4+2n]                    statistics field, increment (last_inference: set)
+-- then per entry i, five values      entry id, final state, packed result, duration ns,
+--                                    version it asked for (0: any; else its pin is released)
 -- returns                            how many results were written (duplicates are not)
 local stats, group, ttl = KEYS[1], ARGV[1], tonumber(ARGV[2])
-local pairs_ = tonumber(ARGV[3])
+local pinned_prefix, pairs_ = ARGV[3], tonumber(ARGV[4])
 for p = 0, pairs_ - 1 do
-  local field, value = ARGV[4 + 2 * p], ARGV[5 + 2 * p]
+  local field, value = ARGV[5 + 2 * p], ARGV[6 + 2 * p]
   if field == 'last_inference' then
     redis.call('HSET', stats, field, value)
   else
     redis.call('HINCRBY', stats, field, value)
   end
 end
-local base = 3 + 2 * pairs_
+local base = 4 + 2 * pairs_
 local written = 0
 for i = 1, (#KEYS - 1) / 3 do
   local stream, record, watch = KEYS[3 * i - 1], KEYS[3 * i], KEYS[3 * i + 1]
-  local a = base + 4 * (i - 1)
+  local a = base + 5 * (i - 1)
   local id, state, result, duration = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
+  local pinned = ARGV[a + 5]
   local st = redis.call('HGET', record, 'st')
   if st == 'queued' or st == 'running' then
     redis.call('HSET', record, 'st', state, 'res', result)
@@ -47,6 +50,9 @@ for i = 1, (#KEYS - 1) / 3 do
       end
     end
     redis.call('DEL', watch)
+    if pinned ~= '0' then
+      redis.call('DECR', pinned_prefix .. pinned)
+    end
     written = written + 1
   end
   redis.call('XACK', stream, group, id)

@@ -8,6 +8,7 @@
 -- ARGV[5]   max deliveries          ARGV[6]   job record key prefix
 -- ARGV[7]   result TTL seconds      ARGV[8]   packed dead-letter result
 -- ARGV[9]   watcher set key prefix     ARGV[10]  this stream's priority level
+-- ARGV[11]  pinned-version counter key prefix
 -- returns   {claimed entries as XREADGROUP gives them, dead-lettered ids}
 local stream, group = KEYS[1], ARGV[1]
 local claimed = redis.call('XAUTOCLAIM', stream, group, ARGV[2], ARGV[3], '0-0', 'COUNT', ARGV[4])
@@ -33,6 +34,12 @@ for _, entry in ipairs(claimed[2]) do
       redis.call('DEL', watch)
       if reply then
         redis.call('PUBLISH', reply, message)
+      end
+      local fields = entry[2]
+      for f = 1, #fields, 2 do
+        if fields[f] == 'v' and fields[f + 1] ~= '0' then
+          redis.call('DECR', ARGV[11] .. fields[f + 1])
+        end
       end
     end
     redis.call('XACK', stream, group, id)

@@ -11,6 +11,8 @@
 -- ARGV[5]        priority level
 -- ARGV[6]        max_queue_size in entries (0: unbounded)
 -- ARGV[7]        deadline, unix ms: past it the entry is expired, never run
+-- ARGV[8]        model version asked for (0: the newest loaded when it runs)
+-- ARGV[9]        the pinned-version counter key prefix ("fs:{model}:pinned:")
 -- returns        the entry id, or false when the queue is full
 --
 -- Entry ids are unique per stream only, so a record is named by its reference,
@@ -25,6 +27,9 @@ if max_queue > 0 then
     return false
   end
 end
-local id = redis.call('XADD', KEYS[1], '*', 'n', ARGV[2], 'd', ARGV[7], 'x', ARGV[3])
+local id = redis.call('XADD', KEYS[1], '*', 'n', ARGV[2], 'd', ARGV[7], 'v', ARGV[8], 'x', ARGV[3])
 redis.call('HSET', ARGV[1] .. id .. '-' .. ARGV[5], 'st', 'queued', 'n', ARGV[2], 'rp', ARGV[4], 'pr', ARGV[5])
+if ARGV[8] ~= '0' then
+  redis.call('INCR', ARGV[9] .. ARGV[8])
+end
 return id

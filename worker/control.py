@@ -1,0 +1,105 @@
+"""The worker's control thread: heartbeats, and repository orders applied without a restart.
+
+The repository API writes an order (``load``: re-read the model's directory and serve
+what its version policy selects; ``unload``: stop serving one version, or all) into
+the model's control hash and bumps its generation. Every heartbeat, each worker
+compares generations, applies a new order, publishes what it now serves, and drops
+draining versions no unfinished entry is pinned to.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+
+import redis
+
+from batching import keys
+from batching.broker import Broker
+from batching.model_config import ModelMeta
+from worker.versions import ModelVersions
+
+log = logging.getLogger(__name__)
+
+
+def publish(client: redis.Redis, versions: ModelVersions) -> None:
+    """Make what this worker serves visible to API processes (which hold no model files)."""
+    runtime = versions.newest() or versions.runtime_for(max(versions.draining, default=0))
+    if runtime is None:
+        return
+    files = versions.files
+    meta = ModelMeta(
+        name=files.name,
+        versions=[str(v) for v in versions.serving],
+        available=[str(v) for v in files.versions],
+        inputs=runtime.inputs,
+        outputs=runtime.outputs,
+        config=files.config,
+        tokenizer_json=files.tokenizer_json(),
+    )
+    with client.pipeline(transaction=True) as pipe:
+        pipe.hset(keys.meta(files.name), mapping={"json": meta.model_dump_json()})
+        pipe.sadd(keys.MODELS, files.name)
+        pipe.execute()
+
+
+def target_of(order: dict | None, versions: ModelVersions) -> list[int]:
+    """The versions to serve after ``order`` (none yet: the version policy)."""
+    if order and order.get("action") == "unload":
+        version = order.get("version")
+        return [] if version is None else [v for v in versions.serving if v != int(version)]
+    return versions.policy_target()
+
+
+class Control(threading.Thread):
+    def __init__(
+        self,
+        client: redis.Redis,
+        broker: Broker,
+        worker_id: str,
+        models: list[ModelVersions],
+        every_s: float,
+    ) -> None:
+        super().__init__(name="control", daemon=True)
+        self.client, self.broker, self.worker_id = client, broker, worker_id
+        self.models, self.every_s = models, every_s
+        self.generations: dict[str, bytes | None] = {}
+        self.stopped = threading.Event()
+
+    def beat(self) -> None:
+        now = time.time()
+        with self.client.pipeline(transaction=False) as pipe:
+            for model in self.models:
+                pipe.zadd(keys.workers(model.name), {self.worker_id: now})
+                pipe.zremrangebyscore(keys.workers(model.name), 0, now - 10 * self.every_s)
+            pipe.execute()
+
+    def sync(self) -> None:
+        """Apply new repository orders; drop drained versions; publish any change."""
+        for model in self.models:
+            generation, order = self.client.hmget(keys.control(model.name), "gen", "order")
+            changed = False
+            if generation != self.generations.get(model.name, b"unset"):
+                self.generations[model.name] = generation
+                changed = model.apply(target_of(json.loads(order) if order else None, model))
+                changed = True
+            dropped = model.drop_drained(lambda v, name=model.name: self.broker.pinned(name, v))
+            if changed or dropped:
+                publish(self.client, model)
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.every_s):
+            try:
+                self.beat()
+                self.sync()
+            except Exception:  # a Redis hiccup or a bad model file must not stop heartbeats
+                log.exception("control step failed")
+
+    def leave(self) -> None:
+        self.stopped.set()
+        with self.client.pipeline(transaction=False) as pipe:
+            for model in self.models:
+                pipe.zrem(keys.workers(model.name), self.worker_id)
+            pipe.execute()
