@@ -114,8 +114,17 @@ class NewEntry:
             self.deadline_ms,
             self.version,
             keys.pinned(self.model, ""),
+            keys.accepting(self.model),
         ]
         return [keys.stream(self.model, self.priority), *streams], args
+
+
+class VersionUnavailable(Exception):
+    """The exact version asked for is not served (never was, or is being unloaded)."""
+
+    def __init__(self, model: str, version: int) -> None:
+        super().__init__(f"version {version} of model '{model}' is not available")
+        self.model, self.version = model, version
 
 
 class QueueFull(Exception):
@@ -158,6 +167,8 @@ class Broker:
             for i, reply in zip(todo, replies, strict=True):
                 if isinstance(reply, redis.exceptions.NoScriptError) and attempt == 0:
                     missing.append(i)  # a restarted or flushed server forgot the script
+                elif isinstance(reply, redis.ResponseError) and "version_unavailable" in str(reply):
+                    outcomes[i] = VersionUnavailable(entries[i].model, entries[i].version)
                 elif isinstance(reply, Exception):
                     outcomes[i] = reply
                 elif reply is None:

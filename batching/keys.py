@@ -60,6 +60,11 @@ def pinned(model: str, version: int | str) -> str:
     return f"{_tag(model)}:pinned:{version}"
 
 
+def accepting(model: str) -> str:
+    """Set of versions that may still be asked for by number (unload removes one first)."""
+    return f"{_tag(model)}:accepting"
+
+
 def control(model: str) -> str:
     """Hash of what the repository API asked for (``want``) and a generation counter."""
     return f"{_tag(model)}:control"

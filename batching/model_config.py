@@ -141,6 +141,8 @@ class ModelMeta(BaseModel):
     """Versions being served (new work may go to them)."""
     available: list[str] = []
     """Version directories in the worker's repository."""
+    generation: int = 0
+    """The last repository order (control generation) the publishing worker applied."""
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
     config: ModelConfig

@@ -8,10 +8,10 @@ from collections.abc import Mapping
 import numpy as np
 
 from batching import codec, keys
-from batching.broker import Broker, JobView, NewEntry, QueueFull
+from batching.broker import Broker, JobView, NewEntry, QueueFull, VersionUnavailable
 from batching.settings import Settings
 from server.coalesce import SubmitCoalescer
-from server.errors import ApiError, invalid
+from server.errors import ApiError, invalid, not_found
 from server.notify import ReplyListener, Waiter
 from server.registry import PublishedModel
 
@@ -29,6 +29,7 @@ class JobQueue:
         *,
         priority: int | None = None,
         timeout_ms: int | None = None,
+        version: int = 0,
     ) -> str:
         """Enqueue one entry; returns its reference. Raises 422 for a bad priority, 429 if full."""
         batching = model.meta.config.batching
@@ -46,9 +47,12 @@ class JobQueue:
             reply_channel=self.listener.channel,
             max_queue_size=batching.max_queue_size,
             deadline_ms=int(time.time() * 1000) + timeout_ms,
+            version=version,
         )
         try:
             return self.submitter.submit(entry)
+        except VersionUnavailable as exc:
+            raise not_found("version_not_found", str(exc)) from None
         except QueueFull:
             raise ApiError(
                 429, "queue_full", f"model {model.name}'s queue is full; retry later"

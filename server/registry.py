@@ -62,6 +62,14 @@ class ModelRegistry:
                 self._cache[name] = (now, model)
         return model
 
+    def fresh(self, name: str) -> PublishedModel | None:
+        """Read past the cache (and refresh it): for callers waiting on a change."""
+        model = self._load(name)
+        if model is not None:
+            with self._lock:
+                self._cache[name] = (time.monotonic(), model)
+        return model
+
     def _load(self, name: str) -> PublishedModel | None:
         with self.redis.pipeline(transaction=False) as pipe:
             pipe.hget(keys.meta(name), "json")

@@ -35,7 +35,7 @@ from server.services import services
 
 bp = Blueprint("v2", __name__, url_prefix="/v2")
 
-EXTENSIONS = ["binary_tensor_data", "statistics"]
+EXTENSIONS = ["binary_tensor_data", "statistics", "model_repository"]
 TEXT_INPUT = "text"
 
 
@@ -64,7 +64,7 @@ class V2Request(BaseModel):
 
 
 @bp.errorhandler(ApiError)
-def _v2_error(exc: ApiError):
+def v2_error(exc: ApiError):
     response = jsonify({"error": exc.message})
     response.status_code = exc.status
     if exc.status in (429, 503):
@@ -329,7 +329,14 @@ def infer(name: str, version: str | None = None):
     if priority is not None and (not isinstance(priority, int) or priority < 0):
         raise bad_request("parameter 'priority' must be a non-negative integer")
     timeout_ms = max(1, timeout_us // 1000) if timeout_us else None
-    ref = svc.queue.submit(model, tensors, rows, priority=priority or None, timeout_ms=timeout_ms)
+    ref = svc.queue.submit(
+        model,
+        tensors,
+        rows,
+        priority=priority or None,
+        timeout_ms=timeout_ms,
+        version=int(version) if version else 0,
+    )
     budget_ms = min(timeout_ms or 10**9, model.meta.config.batching.default_timeout_ms)
     view = svc.queue.wait_submitted(name, ref, budget_ms / 1000.0 + 1.0)
     if view is None or view.result is None:

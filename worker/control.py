@@ -24,7 +24,7 @@ from worker.versions import ModelVersions
 log = logging.getLogger(__name__)
 
 
-def publish(client: redis.Redis, versions: ModelVersions) -> None:
+def publish(client: redis.Redis, versions: ModelVersions, generation: int = 0) -> None:
     """Make what this worker serves visible to API processes (which hold no model files)."""
     runtime = versions.newest() or versions.runtime_for(max(versions.draining, default=0))
     if runtime is None:
@@ -38,9 +38,12 @@ def publish(client: redis.Redis, versions: ModelVersions) -> None:
         outputs=runtime.outputs,
         config=files.config,
         tokenizer_json=files.tokenizer_json(),
+        generation=generation,
     )
     with client.pipeline(transaction=True) as pipe:
         pipe.hset(keys.meta(files.name), mapping={"json": meta.model_dump_json()})
+        if versions.serving:
+            pipe.sadd(keys.accepting(files.name), *versions.serving)
         pipe.sadd(keys.MODELS, files.name)
         pipe.execute()
 
@@ -65,7 +68,7 @@ class Control(threading.Thread):
         super().__init__(name="control", daemon=True)
         self.client, self.broker, self.worker_id = client, broker, worker_id
         self.models, self.every_s = models, every_s
-        self.generations: dict[str, bytes | None] = {}
+        self.generations: dict[str, int] = {}
         self.stopped = threading.Event()
 
     def beat(self) -> None:
@@ -79,15 +82,16 @@ class Control(threading.Thread):
     def sync(self) -> None:
         """Apply new repository orders; drop drained versions; publish any change."""
         for model in self.models:
-            generation, order = self.client.hmget(keys.control(model.name), "gen", "order")
-            changed = False
-            if generation != self.generations.get(model.name, b"unset"):
+            raw_generation, order = self.client.hmget(keys.control(model.name), "gen", "order")
+            generation = int(raw_generation or 0)
+            changed = model.name not in self.generations
+            if changed or generation != self.generations[model.name]:
                 self.generations[model.name] = generation
-                changed = model.apply(target_of(json.loads(order) if order else None, model))
+                model.apply(target_of(json.loads(order) if order else None, model))
                 changed = True
             dropped = model.drop_drained(lambda v, name=model.name: self.broker.pinned(name, v))
             if changed or dropped:
-                publish(self.client, model)
+                publish(self.client, model, generation)
 
     def run(self) -> None:
         while not self.stopped.wait(self.every_s):

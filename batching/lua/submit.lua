@@ -13,10 +13,15 @@
 -- ARGV[7]        deadline, unix ms: past it the entry is expired, never run
 -- ARGV[8]        model version asked for (0: the newest loaded when it runs)
 -- ARGV[9]        the pinned-version counter key prefix ("fs:{model}:pinned:")
--- returns        the entry id, or false when the queue is full
+-- ARGV[10]       the set of versions that may be asked for by number
+-- returns        the entry id, false when the queue is full, or the error
+--                "version_unavailable" for a version being unloaded
 --
 -- Entry ids are unique per stream only, so a record is named by its reference,
 -- '<entry id>-<priority level>', unique per model.
+if ARGV[8] ~= '0' and redis.call('SISMEMBER', ARGV[10], ARGV[8]) == 0 then
+  return redis.error_reply('version_unavailable')
+end
 local max_queue = tonumber(ARGV[6])
 if max_queue > 0 then
   local depth = 0
