@@ -151,7 +151,7 @@ def model_config(name: str, version: str | None = None):
             "platform": model.meta.config.platform,
             "backend": "onnxruntime",
             "max_batch_size": batching.max_batch_size,
-            "version_policy": {"latest": {"num_versions": 1}},
+            "version_policy": _triton_policy(model.meta.config.version_policy),
             "input": [io(s) for s in model.meta.inputs],
             "output": [io(s) for s in model.meta.outputs],
             "dynamic_batching": {
@@ -215,6 +215,14 @@ def _stats(name: str, version: str, c: dict[str, int]) -> dict[str, Any]:
         },
         "batch_stats": batch_stats,
     }
+
+
+def _triton_policy(policy) -> dict[str, Any]:
+    if policy.all:
+        return {"all": {}}
+    if policy.specific is not None:
+        return {"specific": {"versions": policy.specific}}
+    return {"latest": {"num_versions": policy.latest or 1}}
 
 
 def _triton_type(datatype: str) -> str:
@@ -319,6 +327,8 @@ def _utf8(element: bytes, name: str) -> str:
 def infer(name: str, version: str | None = None):
     svc = services()
     model = _model(name, version)
+    if not model.ready_workers:  # a synchronous caller would only wait for its timeout
+        raise ApiError(503, "not_ready", f"model '{name}' has no ready worker")
     req = _parse(request.get_data())
     tensors, rows = _tensors(req, model)
     params = req.parameters

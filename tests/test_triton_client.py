@@ -101,3 +101,14 @@ def test_errors_raise_with_the_servers_message(triton, batch) -> None:
     with pytest.raises(InferenceServerException, match="unknown output"):
         triton.infer(MODEL, inputs(batch, True), outputs=[httpclient.InferRequestedOutput("nope")])
     assert not triton.is_model_ready("nosuch")
+
+
+def test_statistics_and_repository_index(triton, batch) -> None:
+    triton.infer(MODEL, inputs(batch, True))
+    [stats] = triton.get_inference_statistics(MODEL)["model_stats"]
+    assert stats["name"] == MODEL and stats["version"] == "1"
+    assert stats["inference_stats"]["success"]["count"] >= 1
+    assert stats["inference_count"] >= len(batch["samples"])
+    assert {b["batch_size"] for b in stats["batch_stats"]} >= {len(batch["samples"])}
+    index = triton.get_model_repository_index()
+    assert {"name": MODEL, "version": "1", "state": "READY", "reason": ""} in index

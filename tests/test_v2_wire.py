@@ -86,3 +86,29 @@ def test_binary_responses_carry_the_header_length() -> None:
     length = int(headers[v2_wire.HEADER_LENGTH])
     assert orjson.loads(data[:length]) == {"outputs": []} and data[length:] == b"\1\2\3\4"
     assert headers["Content-Type"] == "application/octet-stream"
+
+
+@pytest.mark.parametrize(
+    "datatype",
+    [
+        "BOOL",
+        "INT8",
+        "INT16",
+        "INT32",
+        "INT64",
+        "UINT8",
+        "UINT16",
+        "UINT32",
+        "UINT64",
+        "FP16",
+        "FP32",
+        "FP64",
+    ],
+)
+def test_every_numeric_datatype_decodes_from_binary(datatype: str) -> None:
+    from batching.model_config import V2_TO_NUMPY
+
+    array = (np.arange(6) % 2 == 0) if datatype == "BOOL" else np.arange(6)
+    array = array.astype(np.dtype(V2_TO_NUMPY[datatype]).newbyteorder("<")).reshape(2, 3)
+    decoded = v2_wire.from_bytes(memoryview(array.tobytes()), datatype, [2, 3], "x")
+    np.testing.assert_array_equal(decoded, array)
