@@ -49,15 +49,23 @@ def test_sigkill_of_one_worker_loses_no_job(stack_factory, redis_client, tmp_pat
     killed: dict[str, object] = {}
 
     def kill_when_holding() -> None:
-        """SIGKILL the victim the moment it holds delivered, unacknowledged entries."""
+        """SIGKILL the victim while it holds delivered, unacknowledged entries.
+
+        It is frozen (SIGSTOP) before its pending list is read, so what is read is what
+        it dies holding; a victim caught between batches is thawed and watched again.
+        """
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             for name, count in pending_by_consumer(redis_client).items():
                 if f"-{victim.pid}-" in name and count > 0:
+                    victim.send_signal(signal.SIGSTOP)
+                    held = stranded_refs(redis_client, name)
+                    if not held:
+                        victim.send_signal(signal.SIGCONT)
+                        continue
                     victim.send_signal(signal.SIGKILL)
                     victim.wait()
-                    killed["name"] = name
-                    killed["stranded"] = stranded_refs(redis_client, name)
+                    killed["name"], killed["stranded"] = name, held
                     return
             time.sleep(0.002)
 
