@@ -63,6 +63,12 @@ class Entry:
         return f"{self.id}-{self.priority}"
 
     @property
+    def order(self) -> tuple[int, int]:
+        """Arrival order within a level: the stream id's milliseconds and sequence."""
+        ms, seq = self.id.split("-")
+        return int(ms), int(seq)
+
+    @property
     def enqueued_ms(self) -> int:
         return entry_millis(self.id)
 

@@ -8,7 +8,8 @@ Contract (what a worker promises for each model):
    can buy a bigger batch, that is when work is arriving faster than batches finish.
    The evidence for that is a backlog: the pull that opened this batch found more
    than one entry waiting.
-3. When the delay is worth paying, the batch waits at most ``max_queue_delay_ms``
+3. A batch that reaches one of the model's ``preferred_batch_sizes`` runs at once.
+4. When the delay is worth paying, the batch waits at most ``max_queue_delay_ms``
    after its first entry was pulled (measured on the worker's own monotonic clock,
    never on Redis BLOCK timeouts, whose granularity is the server's ``hz``), and
    runs as soon as it is full, or as soon as a poll finds nothing new once it has
@@ -44,6 +45,7 @@ class BatchState:
 class BatchPolicy:
     max_batch_size: int
     max_queue_delay_s: float
+    preferred_sizes: tuple[int, ...] = ()
     poll_interval_s: float = 0.0005
     previous_batch_rows: int = 0
 
@@ -64,6 +66,8 @@ class BatchPolicy:
     def decide(self, state: BatchState, now: float) -> tuple[Decision, float]:
         """``(RUN, 0)`` or ``(WAIT, seconds)`` for the batch ``state`` at time ``now``."""
         if state.rows >= self.max_batch_size or self.max_queue_delay_s <= 0:
+            return Decision.RUN, 0.0
+        if state.rows in self.preferred_sizes:
             return Decision.RUN, 0.0
         if state.first_pull_entries <= 1:
             return Decision.RUN, 0.0  # no backlog: nobody else is waiting to join

@@ -50,3 +50,11 @@ def test_zero_delay_never_waits() -> None:
     p = BatchPolicy(max_batch_size=8, max_queue_delay_s=0.0)
     state = p.open(now=0.0, pulled_entries=5, pulled_rows=5)
     assert p.decide(state, now=0.0)[0] is Decision.RUN
+
+
+def test_a_preferred_size_runs_at_once() -> None:
+    p = BatchPolicy(max_batch_size=16, max_queue_delay_s=0.010, preferred_sizes=(4, 8))
+    state = p.open(now=0.0, pulled_entries=3, pulled_rows=3)
+    assert p.decide(state, now=0.0)[0] is Decision.WAIT
+    p.add(state, pulled_entries=1, pulled_rows=1)
+    assert p.decide(state, now=0.0)[0] is Decision.RUN

@@ -39,6 +39,7 @@ class ModelLoop:
         self.policy = BatchPolicy(
             max_batch_size=self.batching.max_batch_size,
             max_queue_delay_s=self.batching.max_queue_delay_ms / 1000.0,
+            preferred_sizes=tuple(self.batching.preferred_batch_sizes),
         )
         self.carry: list[Entry] = []
         self.reclaim_every_s = min(self.settings.visibility_timeout_s / 2, 5.0)
@@ -98,10 +99,10 @@ class ModelLoop:
         """Gather entries per the batching policy; returns at most one batch, carries the rest."""
         cap = self.batching.max_batch_size
         entries, self.carry = self.carry, []
+        # Held entries may be of a lower level than what arrived meanwhile: look first.
+        entries += self.pull(cap, None if entries else IDLE_BLOCK_MS)
         if not entries:
-            entries = self.pull(cap, IDLE_BLOCK_MS)
-            if not entries:
-                return []
+            return []
         state = self.policy.open(time.monotonic(), len(entries), sum(e.rows for e in entries))
         while True:
             decision, wait_s = self.policy.decide(state, time.monotonic())
@@ -114,7 +115,11 @@ class ModelLoop:
         return self.take_batch(entries)
 
     def take_batch(self, entries: list[Entry]) -> list[Entry]:
-        """The leading entries that fit ``max_batch_size`` rows (at least one); the rest carry."""
+        """The leading entries that fit ``max_batch_size`` rows (at least one); the rest carry.
+
+        Strict priority: level 1 before level 2, first in first out within a level.
+        """
+        entries = sorted(entries, key=lambda e: (e.priority, *e.order))
         cap, rows, n = self.batching.max_batch_size, 0, 0
         for e in entries:
             if n and rows + e.rows > cap:
