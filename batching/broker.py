@@ -21,7 +21,7 @@ import redis
 
 from batching import codec, keys
 
-FINAL_STATES = frozenset({"done", "failed", "expired"})
+FINAL_STATES = frozenset({"done", "failed", "expired", "cancelled"})
 
 
 def _script(client: redis.Redis, name: str) -> Any:
@@ -145,6 +145,7 @@ class Broker:
         self._complete = _script(client, "complete")
         self._watch = _script(client, "watch")
         self._reclaim = _script(client, "reclaim")
+        self._cancel = _script(client, "cancel")
 
     # --- API side -------------------------------------------------------------------
 
@@ -198,6 +199,18 @@ class Broker:
     def read(self, model: str, ref: str) -> JobView | None:
         found = self.redis.hmget(keys.job(model, ref), "st", "n", "pr", "res")
         return _job_view(found) if found[0] else None
+
+    def cancel(self, model: str, ref: str, ttl_s: int) -> str | None:
+        """Cancel a queued job; returns its state afterwards (``cancelled`` if it was queued)."""
+        entry_id, level = ref.rsplit("-", 1)
+        result = codec.pack(
+            {"error": {"code": "cancelled", "message": "cancelled before it ran; it never ran"}}
+        )
+        state = self._cancel(
+            keys=[keys.job(model, ref), keys.stream(model, int(level)), keys.watchers(model, ref)],
+            args=[entry_id, ttl_s, result, keys.pinned(model, "")],
+        )
+        return state.decode() if state else None
 
     def queue_length(self, model: str, levels: int) -> int:
         """Entries waiting or in flight, over all priority levels."""

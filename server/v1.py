@@ -95,6 +95,24 @@ def get_job(job_id: str):
     return jsonify(render(job, view, svc.registry.get(job.model)))
 
 
+@bp.delete("/jobs/<job_id>")
+def cancel_job(job_id: str):
+    """Cancel queued work: it never reaches the model. A list is one submission: all its items."""
+    svc = services()
+    job = JobId.parse(job_id)
+    if job is None:
+        raise not_found("job_not_found", f"no job {job_id!r} (job ids look like model.entry.row)")
+    state = svc.broker.cancel(job.model, job.entry, svc.settings.result_ttl_s)
+    view = svc.queue.read(job.model, job.entry)
+    if state is None or view is None or job.row >= view.rows:
+        raise not_found("job_not_found", f"no job {job_id!r} (unknown, or its result expired)")
+    if state != "cancelled":
+        raise ApiError(
+            409, "not_cancellable", f"job {job_id} is {state}; only queued jobs can be cancelled"
+        )
+    return jsonify(render(job, view, svc.registry.get(job.model)))
+
+
 @bp.get("/models")
 def list_models():
     registry = services().registry
