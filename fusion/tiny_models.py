@@ -136,3 +136,20 @@ def mlp_model(
         name=name, max_batch_size=max_batch_size, delay_ms=delay_ms, max_queue_size=100_000
     )
     return _write(repository, name, graph, config)
+
+
+def lookup_model(repository: Path, name: str = "lookup", rows: int = 10) -> Path:
+    """``y = table[idx]`` over ``idx: int64 [batch]``: an index past the table fails the batch.
+
+    The "poisoned input" of failure-isolation tests: ONNX Runtime rejects the whole run.
+    """
+    table = np.arange(rows * 4, dtype=np.float32).reshape(rows, 4)
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["table", "idx"], ["y"], axis=0)],
+        name,
+        [helper.make_tensor_value_info("idx", TensorProto.INT64, ["batch"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
+        [numpy_helper.from_array(table, "table")],
+    )
+    config = CONFIG.format(name=name, max_batch_size=32, delay_ms=2.0, max_queue_size=10_000)
+    return _write(repository, name, graph, config)

@@ -47,6 +47,10 @@ def render(job: JobId, view: JobView, model: PublishedModel | None) -> dict[str,
     """The ``GET /v1/jobs/<id>`` body for one row of an entry."""
     body: dict[str, Any] = {"job_id": str(job), "model": job.model, "status": view.state}
     result = view.result or {}
+    row_error = result.get("row_errors", {}).get(str(job.row))
+    if row_error:  # the model rejected this row alone; the rest of its batch went on
+        body.update(status="failed", error=row_error)
+        result = {k: v for k, v in result.items() if k in ("timings", "version")}
     if "error" in result:
         body["error"] = result["error"]
     if "timings" in result:

@@ -351,6 +351,10 @@ def infer(name: str, version: str | None = None):
     view = svc.queue.wait_submitted(name, ref, budget_ms / 1000.0 + 1.0)
     if view is None or view.result is None:
         raise ApiError(504, "timeout", "inference did not finish within the request's timeout")
+    row_errors = view.result.get("row_errors")
+    if row_errors:
+        row, error = next(iter(row_errors.items()))
+        raise ApiError(500, "model_error", f"row {row}: {error['message']}")
     if view.state != "done":
         error = view.result.get("error", {})
         status = 504 if view.state == "expired" else 500

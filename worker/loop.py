@@ -11,6 +11,7 @@ from batching import assembly, codec
 from batching.broker import FINAL_STATES, Broker, Entry, Finished, now_ms
 from batching.policy import BatchPolicy, Decision
 from batching.settings import Settings
+from worker.isolate import Piece, bisect, by_entry
 from worker.runtime import ModelRuntime
 from worker.versions import ModelVersions
 
@@ -170,6 +171,62 @@ class ModelLoop:
         self.policy.ran(sum(e.rows for e in live))
         self.batches += 1
 
+    def _result(
+        self,
+        entry: Entry,
+        outputs: dict,
+        pulled_ms: float,
+        compute_ms: float,
+        batch_size: int,
+        runtime: ModelRuntime,
+    ) -> dict:
+        timings = {
+            "queue_ms": round(max(0.0, pulled_ms - entry.enqueued_ms), 3),
+            "compute_ms": round(compute_ms, 3),
+            "batch_size": batch_size,
+            "worker": self.worker_id,
+        }
+        return {
+            "outputs": {k: codec.tensor_to_wire(v) for k, v in outputs.items()},
+            "timings": timings,
+            "version": runtime.version,
+        }
+
+    def isolate(
+        self, entries: Sequence[Entry], pulled_ms: float, runtime: ModelRuntime
+    ) -> list[Finished]:
+        """Bisect a failed batch: only the rows the model rejects fail, with its message."""
+
+        def run(pieces: Sequence[Piece]) -> list[dict]:
+            batch = assembly.stack([p.inputs() for p in pieces], runtime.pad_values)
+            return assembly.split(runtime.run(batch), [p.rows for p in pieces])
+
+        started = time.perf_counter()
+        results = [
+            r
+            for group in _pieces(entries, self.batching.max_batch_size)
+            for r in bisect(run, group)
+        ]
+        compute_ms = (time.perf_counter() - started) * 1000.0
+        merged = by_entry(results)
+        finished = []
+        for entry in entries:
+            outcome = merged[entry.ref]
+            if outcome.outputs is None:
+                message = next(iter(outcome.row_errors.values()))
+                finished.append(Finished(entry, "failed", _error("model_error", message)))
+                continue
+            result = self._result(
+                entry, outcome.outputs, pulled_ms, compute_ms, sum(e.rows for e in entries), runtime
+            )
+            if outcome.row_errors:
+                result["row_errors"] = {
+                    str(row): {"code": "model_error", "message": message}
+                    for row, message in outcome.row_errors.items()
+                }
+            finished.append(Finished(entry, "done", result))
+        return finished
+
     def run_batch(
         self, entries: Sequence[Entry], pulled_ms: float, runtime: ModelRuntime
     ) -> list[Finished]:
@@ -192,28 +249,30 @@ class ModelLoop:
                 t2 = time.perf_counter_ns()
                 per_entry = assembly.split(output, rows)
                 batch_size = sum(rows)
-        except Exception as exc:  # the model rejected the batch: every entry in it fails
-            log.warning("%s: batch of %d rows failed: %s", self.model, sum(rows), exc)
+        except Exception as exc:  # the model rejected the batch: find the rows at fault
+            log.warning("%s: batch of %d rows failed (%s); isolating", self.model, sum(rows), exc)
             self.stats = {}
-            return [Finished(e, "failed", _error("model_error", str(exc))) for e in entries]
+            return self.isolate(entries, pulled_ms, runtime)
         compute_ms = (t2 - t0) / 1e6
-        finished = []
-        for entry, outputs_ in zip(entries, per_entry, strict=True):
-            timings = {
-                "queue_ms": round(max(0.0, pulled_ms - entry.enqueued_ms), 3),
-                "compute_ms": round(compute_ms, 3),
-                "batch_size": batch_size,
-                "worker": self.worker_id,
-            }
-            result = {
-                "outputs": {k: codec.tensor_to_wire(v) for k, v in outputs_.items()},
-                "timings": timings,
-                "version": runtime.version,
-            }
-            finished.append(Finished(entry, "done", result))
+        finished = [
+            Finished(
+                entry,
+                "done",
+                self._result(entry, outputs_, pulled_ms, compute_ms, batch_size, runtime),
+            )
+            for entry, outputs_ in zip(entries, per_entry, strict=True)
+        ]
         t3 = time.perf_counter_ns()
         self.stats = batch_statistics(entries, pulled_ms, batch_size, t1 - t0, t2 - t1, t3 - t2)
         return finished
+
+
+def _pieces(entries: Sequence[Entry], cap: int) -> list[list[Piece]]:
+    """The batch as pieces, in runs of at most ``cap`` rows (an oversized entry in chunks)."""
+    if len(entries) == 1 and entries[0].rows > cap:
+        e = entries[0]
+        return [[Piece(e, a, min(a + cap, e.rows))] for a in range(0, e.rows, cap)]
+    return [[Piece(e, 0, e.rows) for e in entries]]
 
 
 def batch_statistics(
