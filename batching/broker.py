@@ -10,6 +10,7 @@ The atomic steps are the ``.lua`` files beside this module.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -211,6 +212,19 @@ class Broker:
             args=[entry_id, ttl_s, result, keys.pinned(model, "")],
         )
         return state.decode() if state else None
+
+    def retry_after(self, model: str, levels: int, stale_s: float) -> int:
+        """Seconds until the queue should have room: its depth over the measured drain rate."""
+        depth = self.queue_length(model, levels)
+        now = time.time()
+        rate = 0.0
+        for value in self.redis.hvals(keys.drain_rates(model)):
+            per_s, at = value.decode().split(",")
+            if now - float(at) <= stale_s:
+                rate += float(per_s)
+        if rate <= 0:
+            return 1  # no drain measured yet (no worker, or one just started): probe again soon
+        return max(1, min(60, math.ceil(depth / rate)))
 
     def queue_length(self, model: str, levels: int) -> int:
         """Entries waiting or in flight, over all priority levels."""

@@ -65,6 +65,11 @@ def accepting(model: str) -> str:
     return f"{_tag(model)}:accepting"
 
 
+def drain_rates(model: str) -> str:
+    """Hash of worker id -> "entries per second,unix time" measured by each worker."""
+    return f"{_tag(model)}:drain"
+
+
 def control(model: str) -> str:
     """Hash of what the repository API asked for (``want``) and a generation counter."""
     return f"{_tag(model)}:control"

@@ -54,8 +54,15 @@ class JobQueue:
         except VersionUnavailable as exc:
             raise not_found("version_not_found", str(exc)) from None
         except QueueFull:
+            retry = self.broker.retry_after(
+                model.name, batching.priority_levels, stale_s=10 * self.settings.heartbeat_s
+            )
             raise ApiError(
-                429, "queue_full", f"model {model.name}'s queue is full; retry later"
+                429,
+                "queue_full",
+                f"model {model.name}'s queue is full ({batching.max_queue_size} waiting); "
+                f"retry in about {retry} s",
+                retry_after=retry,
             ) from None
 
     def read(self, model: str, ref: str) -> JobView | None:

@@ -121,3 +121,15 @@ def test_submit_many_is_one_round_trip_with_independent_outcomes(
     assert isinstance(first, str) and isinstance(second, str) and first != second
     assert isinstance(third, QueueFull)
     assert broker.queue_length(MODEL, 2) == 2
+
+
+def test_retry_after_is_the_depth_over_the_fresh_drain_rates(broker: Broker, redis_client) -> None:
+    for _ in range(10):
+        submit(broker)
+    now = time.time()
+    redis_client.hset(keys.drain_rates(MODEL), mapping={"w1": f"1.5,{now}", "w2": f"2.5,{now}"})
+    assert broker.retry_after(MODEL, 2, stale_s=5) == 3  # ceil(10 / 4.0)
+    redis_client.hset(keys.drain_rates(MODEL), mapping={"w1": "9.0,1", "w2": "0.1,1"})  # stale
+    assert broker.retry_after(MODEL, 2, stale_s=5) == 1  # nothing measured: probe again soon
+    redis_client.hset(keys.drain_rates(MODEL), "w3", f"0.05,{now}")
+    assert broker.retry_after(MODEL, 2, stale_s=5) == 60  # capped

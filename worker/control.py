@@ -13,6 +13,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 import redis
 
@@ -64,19 +65,33 @@ class Control(threading.Thread):
         worker_id: str,
         models: list[ModelVersions],
         every_s: float,
+        done_counters: dict[str, Callable[[], int]] | None = None,
     ) -> None:
         super().__init__(name="control", daemon=True)
         self.client, self.broker, self.worker_id = client, broker, worker_id
         self.models, self.every_s = models, every_s
         self.generations: dict[str, int] = {}
+        self.done_counters = done_counters or {}
+        self._last_done: dict[str, tuple[float, int]] = {}
         self.stopped = threading.Event()
 
     def beat(self) -> None:
+        """Heartbeat, and this worker's measured drain rate (for 429's Retry-After)."""
         now = time.time()
         with self.client.pipeline(transaction=False) as pipe:
             for model in self.models:
                 pipe.zadd(keys.workers(model.name), {self.worker_id: now})
                 pipe.zremrangebyscore(keys.workers(model.name), 0, now - 10 * self.every_s)
+                counter = self.done_counters.get(model.name)
+                if counter is not None:
+                    done = counter()
+                    before = self._last_done.get(model.name)
+                    self._last_done[model.name] = (now, done)
+                    if before is not None and now > before[0]:
+                        rate = (done - before[1]) / (now - before[0])
+                        pipe.hset(
+                            keys.drain_rates(model.name), self.worker_id, f"{rate:.3f},{now:.0f}"
+                        )
             pipe.execute()
 
     def sync(self) -> None:
@@ -106,4 +121,5 @@ class Control(threading.Thread):
         with self.client.pipeline(transaction=False) as pipe:
             for model in self.models:
                 pipe.zrem(keys.workers(model.name), self.worker_id)
+                pipe.hdel(keys.drain_rates(model.name), self.worker_id)
             pipe.execute()

@@ -46,6 +46,7 @@ class ModelLoop:
         self.reclaim_every_s = min(self.settings.visibility_timeout_s / 2, 5.0)
         self._next_reclaim = 0.0
         self.batches = 0
+        self.entries_done = 0
         self.stats: dict[str, int] = {}
 
     def run(self) -> None:
@@ -170,6 +171,7 @@ class ModelLoop:
             finished = []
         self.policy.ran(sum(e.rows for e in live))
         self.batches += 1
+        self.entries_done += len(entries)
 
     def _result(
         self,
