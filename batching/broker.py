@@ -123,7 +123,7 @@ class NewEntry:
             keys.pinned(self.model, ""),
             keys.accepting(self.model),
         ]
-        return [keys.stream(self.model, self.priority), *streams], args
+        return [keys.outcomes(self.model), keys.stream(self.model, self.priority), *streams], args
 
 
 class VersionUnavailable(Exception):
@@ -208,7 +208,12 @@ class Broker:
             {"error": {"code": "cancelled", "message": "cancelled before it ran; it never ran"}}
         )
         state = self._cancel(
-            keys=[keys.job(model, ref), keys.stream(model, int(level)), keys.watchers(model, ref)],
+            keys=[
+                keys.job(model, ref),
+                keys.stream(model, int(level)),
+                keys.watchers(model, ref),
+                keys.outcomes(model),
+            ],
             args=[entry_id, ttl_s, result, keys.pinned(model, "")],
         )
         return state.decode() if state else None
@@ -278,7 +283,7 @@ class Broker:
             return 0
         model = finished[0].entry.model
         stat_pairs = [x for field, value in (stats or {}).items() for x in (field, value)]
-        keys_: list[str] = [keys.stats(model, version)]
+        keys_: list[str] = [keys.stats(model, version), keys.outcomes(model)]
         args: list[Any] = [
             keys.GROUP,
             ttl_s,
@@ -328,7 +333,7 @@ class Broker:
             }
         )
         claimed, dead = self._reclaim(
-            keys=[keys.stream(model, priority)],
+            keys=[keys.stream(model, priority), keys.outcomes(model)],
             args=[
                 keys.GROUP,
                 consumer,

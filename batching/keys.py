@@ -65,6 +65,11 @@ def accepting(model: str) -> str:
     return f"{_tag(model)}:accepting"
 
 
+def outcomes(model: str) -> str:
+    """Counters of how submissions ended: done, failed, expired, cancelled, rejected (429)."""
+    return f"{_tag(model)}:outcomes"
+
+
 def drain_rates(model: str) -> str:
     """Hash of worker id -> "entries per second,unix time" measured by each worker."""
     return f"{_tag(model)}:drain"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Flask
 
 from batching.settings import Settings, get_settings
-from server import health, repository, v1, v2
+from server import health, metrics, repository, v1, v2
 from server.errors import register_error_handlers
 from server.jsonio import OrjsonProvider
 from server.services import Services
@@ -22,4 +22,5 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(v1.bp)
     app.register_blueprint(v2.bp)
     app.register_blueprint(repository.bp)
+    app.register_blueprint(metrics.bp)
     return app

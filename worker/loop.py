@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 from batching import assembly, codec
 from batching.broker import FINAL_STATES, Broker, Entry, Finished, now_ms
+from batching.histograms import bucket_field
 from batching.policy import BatchPolicy, Decision
 from batching.settings import Settings
 from worker.isolate import Piece, bisect, by_entry
@@ -287,8 +288,15 @@ def batch_statistics(
 ) -> dict[str, int]:
     """Triton's statistics for one executed batch: per request, and per batch size."""
     n = len(entries)
-    queue_ns = sum(max(0, int((pulled_ms - e.enqueued_ms) * 1e6)) for e in entries)
-    return {
+    waits = [max(0.0, (pulled_ms - e.enqueued_ms) / 1000.0) for e in entries]
+    queue_ns = int(sum(waits) * 1e9)
+    buckets: dict[str, int] = {}
+    for wait in waits:
+        field = bucket_field("queue", wait)
+        buckets[field] = buckets.get(field, 0) + 1
+    compute = bucket_field("compute", (input_ns + infer_ns + output_ns) / 1e9)
+    buckets[compute] = buckets.get(compute, 0) + n
+    return buckets | {
         "queue_count": n,
         "queue_ns": queue_ns,
         "compute_input_count": n,

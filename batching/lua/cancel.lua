@@ -4,6 +4,7 @@
 -- final and only acknowledges it.
 --
 -- KEYS[1]   job record          KEYS[2]   the entry's stream      KEYS[3]   watcher set
+-- KEYS[4]   the model's outcome counters
 -- ARGV[1]   stream entry id     ARGV[2]   result TTL seconds
 -- ARGV[3]   packed cancellation result                           ARGV[4]   pin key prefix
 -- returns   the record's state after the call ('cancelled' when this call or an earlier
@@ -38,4 +39,5 @@ for _, channel in ipairs(redis.call('SMEMBERS', KEYS[3])) do
   end
 end
 redis.call('DEL', KEYS[3])
+redis.call('HINCRBY', KEYS[4], 'cancelled', 1)
 return 'cancelled'

@@ -6,7 +6,8 @@
 -- model's statistics (Triton's statistics extension) are counted in the same call.
 --
 -- KEYS[1]                            the statistics hash of the model version
--- KEYS[3i-1], KEYS[3i], KEYS[3i+1]   stream, job record, watcher set of entry i
+-- KEYS[2]                            the model's outcome counters
+-- KEYS[3i], KEYS[3i+1], KEYS[3i+2]   stream, job record, watcher set of entry i
 -- ARGV[1]                            consumer group
 -- ARGV[2]                            result TTL in seconds
 -- ARGV[3]                            pinned-version counter key prefix
@@ -27,8 +28,8 @@ for p = 0, pairs_ - 1 do
 end
 local base = 4 + 2 * pairs_
 local written = 0
-for i = 1, (#KEYS - 1) / 3 do
-  local stream, record, watch = KEYS[3 * i - 1], KEYS[3 * i], KEYS[3 * i + 1]
+for i = 1, (#KEYS - 2) / 3 do
+  local stream, record, watch = KEYS[3 * i], KEYS[3 * i + 1], KEYS[3 * i + 2]
   local a = base + 5 * (i - 1)
   local id, state, result, duration = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
   local pinned = ARGV[a + 5]
@@ -39,6 +40,7 @@ for i = 1, (#KEYS - 1) / 3 do
     local outcome = state == 'done' and 'success' or 'fail'
     redis.call('HINCRBY', stats, outcome .. '_count', 1)
     redis.call('HINCRBY', stats, outcome .. '_ns', duration)
+    redis.call('HINCRBY', KEYS[2], state, 1)
     local message = record .. '\n' .. state .. '\n' .. result
     local reply = redis.call('HGET', record, 'rp')
     if reply then

@@ -2,7 +2,7 @@
 -- timeout (it crashed or hung), and dead-letter those delivered too often: their
 -- job fails with a clear reason instead of crashing workers forever.
 --
--- KEYS[1]   the stream
+-- KEYS[1]   the stream            KEYS[2]   the model's outcome counters
 -- ARGV[1]   consumer group          ARGV[2]   this consumer
 -- ARGV[3]   min idle ms             ARGV[4]   most entries to claim
 -- ARGV[5]   max deliveries          ARGV[6]   job record key prefix
@@ -24,6 +24,7 @@ for _, entry in ipairs(claimed[2]) do
     if st == 'queued' or st == 'running' then
       local result = ARGV[8]
       redis.call('HSET', record, 'st', 'failed', 'res', result)
+      redis.call('HINCRBY', KEYS[2], 'failed', 1)
       redis.call('EXPIRE', record, tonumber(ARGV[7]))
       local reply = redis.call('HGET', record, 'rp')
       local message = record .. '\nfailed\n' .. result

@@ -2,8 +2,9 @@
 -- (all its rows) and create its job record, atomically, so that no entry exists
 -- without a record and a refused submission leaves nothing behind.
 --
--- KEYS[1]        the stream of the chosen priority level
--- KEYS[2..]      the streams of every level of the model (for the queue depth)
+-- KEYS[1]        the model's outcome counters (a refusal counts as 'rejected')
+-- KEYS[2]        the stream of the chosen priority level
+-- KEYS[3..]      the streams of every level of the model (for the queue depth)
 -- ARGV[1]        job record key prefix ("fs:{model}:job:")
 -- ARGV[2]        rows in the entry
 -- ARGV[3]        the packed input tensors
@@ -25,14 +26,15 @@ end
 local max_queue = tonumber(ARGV[6])
 if max_queue > 0 then
   local depth = 0
-  for i = 2, #KEYS do
+  for i = 3, #KEYS do
     depth = depth + redis.call('XLEN', KEYS[i])
   end
   if depth >= max_queue then
+    redis.call('HINCRBY', KEYS[1], 'rejected', 1)
     return false
   end
 end
-local id = redis.call('XADD', KEYS[1], '*', 'n', ARGV[2], 'd', ARGV[7], 'v', ARGV[8], 'x', ARGV[3])
+local id = redis.call('XADD', KEYS[2], '*', 'n', ARGV[2], 'd', ARGV[7], 'v', ARGV[8], 'x', ARGV[3])
 redis.call('HSET', ARGV[1] .. id .. '-' .. ARGV[5], 'st', 'queued', 'n', ARGV[2], 'rp', ARGV[4], 'pr', ARGV[5])
 if ARGV[8] ~= '0' then
   redis.call('INCR', ARGV[9] .. ARGV[8])
