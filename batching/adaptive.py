@@ -13,8 +13,8 @@ which is the most throughput the worker has; past that (overload) it runs full b
 with no delay and the SLO cannot be met by batching alone (admission control must).
 
 Both inputs are measured by the worker itself and passed in: execution time per batch
-size (``ExecutionModel``, a least-squares line ``exec(B) = a + b·B`` over recent
-batches) and the arrival rate (``RateMeter``, rows over a sliding window). Everything
+size (``ExecutionModel``, running means per size, interpolated) and the arrival rate
+(``RateMeter``, rows over a sliding window). Everything
 here is pure: time is an argument.
 """
 
@@ -44,28 +44,41 @@ class RateMeter:
 
 @dataclass
 class ExecutionModel:
-    """``exec(B) ≈ a + b·B`` fitted by least squares over the last ``keep`` batches."""
+    """Execution time per batch size: a running mean per size seen, interpolated between.
 
-    keep: int = 256
-    _points: deque[tuple[int, float]] = field(default_factory=deque)
+    Sizes between two measured ones are interpolated linearly; past the largest, the
+    slope of the last two continues; below the smallest, the smallest one's time stands
+    (a batch never runs faster than the smallest measured one).
+    """
+
+    smoothing: float = 0.2
+    _means: dict[int, float] = field(default_factory=dict)
 
     def add(self, batch_size: int, seconds: float) -> None:
-        self._points.append((batch_size, seconds))
-        if len(self._points) > self.keep:
-            self._points.popleft()
+        mean = self._means.get(batch_size)
+        self._means[batch_size] = (
+            seconds if mean is None else mean + self.smoothing * (seconds - mean)
+        )
 
     def predict(self, batch_size: int) -> float | None:
-        if not self._points:
+        if not self._means:
             return None
-        xs = [x for x, _ in self._points]
-        ys = [y for _, y in self._points]
-        mean_x, mean_y = sum(xs) / len(xs), sum(ys) / len(ys)
-        var = sum((x - mean_x) ** 2 for x in xs)
-        if var == 0:  # one size seen so far: assume cost grows with the rows
-            return mean_y * batch_size / mean_x
-        slope = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys, strict=True)) / var
-        slope = max(slope, 0.0)
-        return max(mean_y + slope * (batch_size - mean_x), 1e-6)
+        if batch_size in self._means:
+            return self._means[batch_size]
+        sizes = sorted(self._means)
+        lower = [x for x in sizes if x < batch_size]
+        upper = [x for x in sizes if x > batch_size]
+        if not lower:
+            return self._means[upper[0]]
+        lo = lower[-1]
+        if upper:
+            hi = upper[0]
+        elif len(lower) > 1:
+            lo, hi = lower[-2], lower[-1]
+        else:  # one size measured: assume time grows with the rows
+            return self._means[lo] * batch_size / lo
+        slope = max((self._means[hi] - self._means[lo]) / (hi - lo), 0.0)
+        return self._means[lo] + slope * (batch_size - lo)
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,9 @@ class BatchingConfig(_Strict):
     priority_levels: int = Field(2, ge=1, le=8)
     default_timeout_ms: int = Field(30_000, ge=1)
     max_queue_size: int = Field(10_000, ge=1)
+    latency_slo_ms: float | None = Field(
+        None, gt=0, description="a p99 target: the worker then tunes its cap and delay online"
+    )
 
 
 class InstancesConfig(_Strict):

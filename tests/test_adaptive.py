@@ -12,8 +12,13 @@ def execution(a: float = 0.002, b: float = 0.0005) -> ExecutionModel:
     return model
 
 
-def test_the_execution_line_is_recovered() -> None:
-    assert execution().predict(40) == pytest.approx(0.002 + 0.0005 * 40)
+def test_execution_times_are_interpolated_and_extrapolated() -> None:
+    model = execution()
+    assert model.predict(40) == pytest.approx(0.002 + 0.0005 * 40)
+    assert model.predict(80) == pytest.approx(0.002 + 0.0005 * 80)
+    single = ExecutionModel()
+    single.add(8, 0.004)
+    assert single.predict(4) == pytest.approx(0.004) and single.predict(16) == pytest.approx(0.008)
 
 
 def test_nothing_measured_runs_at_once() -> None:

@@ -8,6 +8,7 @@ import time
 from collections.abc import Sequence
 
 from batching import assembly, codec
+from batching.adaptive import ExecutionModel, RateMeter, SloController
 from batching.broker import FINAL_STATES, Broker, Entry, Finished, now_ms
 from batching.histograms import bucket_field
 from batching.policy import BatchPolicy, Decision
@@ -43,6 +44,13 @@ class ModelLoop:
             max_queue_delay_s=self.batching.max_queue_delay_ms / 1000.0,
             preferred_sizes=tuple(self.batching.preferred_batch_sizes),
         )
+        self.controller = (
+            SloController(self.batching.latency_slo_ms / 1000.0, self.batching.max_batch_size)
+            if self.batching.latency_slo_ms
+            else None
+        )
+        self.arrivals = RateMeter()
+        self.execution = ExecutionModel()
         self.carry: list[Entry] = []
         self.reclaim_every_s = min(self.settings.visibility_timeout_s / 2, 5.0)
         self._next_reclaim = 0.0
@@ -93,17 +101,28 @@ class ModelLoop:
             claimed += entries
         return claimed
 
+    def adapt(self) -> None:
+        """With a latency SLO, retune the batch cap and delay from this worker's measurements."""
+        if self.controller is not None:
+            setting = self.controller.decide(self.arrivals.rate(time.monotonic()), self.execution)
+            self.policy.max_batch_size = setting.max_batch_size
+            self.policy.max_queue_delay_s = setting.max_queue_delay_s
+
     def pull(self, count: int, block_ms: int | None) -> list[Entry]:
-        return self.broker.pull(
+        entries = self.broker.pull(
             self.model, self.worker_id, self.batching.priority_levels, count, block_ms
         )
+        if entries:
+            self.arrivals.add(time.monotonic(), sum(e.rows for e in entries))
+        return entries
 
     def form_batch(self) -> list[Entry]:
         """Gather entries per the batching policy; returns at most one batch, carries the rest."""
-        cap = self.batching.max_batch_size
+        self.adapt()
+        cap = self.policy.max_batch_size
         entries, self.carry = self.carry, []
         # Held entries may be of a lower level than what arrived meanwhile: look first.
-        entries += self.pull(cap, None if entries else IDLE_BLOCK_MS)
+        entries += self.pull(self.batching.max_batch_size, None if entries else IDLE_BLOCK_MS)
         if not entries:
             return []
         state = self.policy.open(time.monotonic(), len(entries), sum(e.rows for e in entries))
@@ -123,7 +142,7 @@ class ModelLoop:
         Strict priority: level 1 before level 2, first in first out within a level.
         """
         entries = sorted(entries, key=lambda e: (e.priority, *e.order))
-        cap, rows, n = self.batching.max_batch_size, 0, 0
+        cap, rows, n = self.policy.max_batch_size, 0, 0
         for e in entries:
             if n and rows + e.rows > cap:
                 break
@@ -266,6 +285,7 @@ class ModelLoop:
             for entry, outputs_ in zip(entries, per_entry, strict=True)
         ]
         t3 = time.perf_counter_ns()
+        self.execution.add(batch_size, (t2 - t1) / 1e9)
         self.stats = batch_statistics(entries, pulled_ms, batch_size, t1 - t0, t2 - t1, t3 - t2)
         return finished
 
