@@ -12,9 +12,12 @@ almost no delay; as load grows the cap grows with it, up to the model's maximum,
 which is the most throughput the worker has; past that (overload) it runs full batches
 with no delay and the SLO cannot be met by batching alone (admission control must).
 
-Both inputs are measured by the worker itself and passed in: execution time per batch
-size (``ExecutionModel``, running means per size, interpolated) and the arrival rate
-(``RateMeter``, rows over a sliding window). Everything
+Both inputs are measured by the worker itself and passed in: the cost of a batch cycle
+per batch size (``ExecutionModel``, running means per size, interpolated; the whole
+cycle, Redis round trips included, since that is what bounds the worker's capacity)
+and the arrival rate (``RateMeter``, rows over a sliding window). The cap chosen is a
+*fill target*: the worker waits for at most that many rows, but always takes what is
+already waiting, up to the model's maximum, so a small target never strands a backlog. Everything
 here is pure: time is an argument.
 """
 

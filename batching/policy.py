@@ -46,6 +46,8 @@ class BatchPolicy:
     max_batch_size: int
     max_queue_delay_s: float
     preferred_sizes: tuple[int, ...] = ()
+    fill_target: int | None = None
+    """Rows worth waiting for (the SLO controller's cap); what already waits is taken anyway."""
     poll_interval_s: float = 0.0005
     previous_batch_rows: int = 0
 
@@ -65,7 +67,8 @@ class BatchPolicy:
 
     def decide(self, state: BatchState, now: float) -> tuple[Decision, float]:
         """``(RUN, 0)`` or ``(WAIT, seconds)`` for the batch ``state`` at time ``now``."""
-        if state.rows >= self.max_batch_size or self.max_queue_delay_s <= 0:
+        target = min(self.max_batch_size, self.fill_target or self.max_batch_size)
+        if state.rows >= target or self.max_queue_delay_s <= 0:
             return Decision.RUN, 0.0
         if state.rows in self.preferred_sizes:
             return Decision.RUN, 0.0

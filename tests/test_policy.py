@@ -58,3 +58,11 @@ def test_a_preferred_size_runs_at_once() -> None:
     assert p.decide(state, now=0.0)[0] is Decision.WAIT
     p.add(state, pulled_entries=1, pulled_rows=1)
     assert p.decide(state, now=0.0)[0] is Decision.RUN
+
+
+def test_a_fill_target_stops_the_wait_early_but_caps_nothing() -> None:
+    p = BatchPolicy(max_batch_size=64, max_queue_delay_s=0.010, fill_target=4)
+    state = p.open(now=0.0, pulled_entries=3, pulled_rows=3)
+    assert p.decide(state, now=0.0)[0] is Decision.WAIT
+    p.add(state, pulled_entries=9, pulled_rows=9)  # more than the target: run all twelve
+    assert p.decide(state, now=0.0)[0] is Decision.RUN and state.rows == 12

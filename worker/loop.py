@@ -105,7 +105,7 @@ class ModelLoop:
         """With a latency SLO, retune the batch cap and delay from this worker's measurements."""
         if self.controller is not None:
             setting = self.controller.decide(self.arrivals.rate(time.monotonic()), self.execution)
-            self.policy.max_batch_size = setting.max_batch_size
+            self.policy.fill_target = setting.max_batch_size
             self.policy.max_queue_delay_s = setting.max_queue_delay_s
 
     def pull(self, count: int, block_ms: int | None) -> list[Entry]:
@@ -119,7 +119,7 @@ class ModelLoop:
     def form_batch(self) -> list[Entry]:
         """Gather entries per the batching policy; returns at most one batch, carries the rest."""
         self.adapt()
-        cap = self.policy.max_batch_size
+        cap = self.batching.max_batch_size
         entries, self.carry = self.carry, []
         # Held entries may be of a lower level than what arrived meanwhile: look first.
         entries += self.pull(self.batching.max_batch_size, None if entries else IDLE_BLOCK_MS)
@@ -142,7 +142,7 @@ class ModelLoop:
         Strict priority: level 1 before level 2, first in first out within a level.
         """
         entries = sorted(entries, key=lambda e: (e.priority, *e.order))
-        cap, rows, n = self.policy.max_batch_size, 0, 0
+        cap, rows, n = self.batching.max_batch_size, 0, 0
         for e in entries:
             if n and rows + e.rows > cap:
                 break
@@ -152,6 +152,7 @@ class ModelLoop:
         return entries[:n]
 
     def process(self, entries: Sequence[Entry]) -> None:
+        cycle_started = time.perf_counter()
         pulled_ms = now_ms()
         states = self.broker.start(entries, self.worker_id)
         finished: list[Finished] = []
@@ -190,6 +191,8 @@ class ModelLoop:
             )
             finished = []
         self.policy.ran(sum(e.rows for e in live))
+        if live:  # the whole cycle, Redis included: what a batch of this size really costs
+            self.execution.add(sum(e.rows for e in live), time.perf_counter() - cycle_started)
         self.batches += 1
         self.entries_done += len(entries)
 
@@ -285,7 +288,6 @@ class ModelLoop:
             for entry, outputs_ in zip(entries, per_entry, strict=True)
         ]
         t3 = time.perf_counter_ns()
-        self.execution.add(batch_size, (t2 - t1) / 1e9)
         self.stats = batch_statistics(entries, pulled_ms, batch_size, t1 - t0, t2 - t1, t3 - t2)
         return finished
 
