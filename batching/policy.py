@@ -21,8 +21,12 @@ The worker asks :meth:`BatchPolicy.decide` after every pull; the answer is eithe
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
+from typing import Protocol, TypeVar
+
+Q = TypeVar("Q", bound="Queued")
 
 
 class Decision(Enum):
@@ -84,3 +88,27 @@ class BatchPolicy:
 
     def ran(self, rows: int) -> None:
         self.previous_batch_rows = rows
+
+
+class Queued(Protocol):
+    priority: int
+    deadline_ms: int
+
+    @property
+    def order(self) -> tuple[int, int]: ...
+
+
+def by_priority(entries: Sequence[Q]) -> list[Q]:
+    """Strict priority: every level-1 entry before any level-2 one; FIFO within a level."""
+    return sorted(entries, key=lambda e: (e.priority, *e.order))
+
+
+def expired(entry: Queued, now_ms: float) -> bool:
+    """Past its deadline before it was batched: it must never run."""
+    return bool(entry.deadline_ms) and entry.deadline_ms < now_ms
+
+
+def runnable(state: str | None) -> bool:
+    """Only work still queued (or taken over from a crashed worker) reaches the model;
+    a job already done, failed, expired or cancelled is only acknowledged."""
+    return state in ("queued", "running")

@@ -66,3 +66,31 @@ def test_a_fill_target_stops_the_wait_early_but_caps_nothing() -> None:
     assert p.decide(state, now=0.0)[0] is Decision.WAIT
     p.add(state, pulled_entries=9, pulled_rows=9)  # more than the target: run all twelve
     assert p.decide(state, now=0.0)[0] is Decision.RUN and state.rows == 12
+
+
+def test_strict_priority_then_fifo_and_deadlines_and_final_states() -> None:
+    from dataclasses import dataclass
+
+    from batching.policy import by_priority, expired, runnable
+
+    @dataclass
+    class E:
+        priority: int
+        ms: int
+        seq: int
+        deadline_ms: int = 0
+
+        @property
+        def order(self) -> tuple[int, int]:
+            return self.ms, self.seq
+
+    queue = [E(2, 10, 0), E(1, 30, 0), E(2, 5, 1), E(1, 20, 0), E(2, 5, 0)]
+    assert [(e.priority, e.ms, e.seq) for e in by_priority(queue)] == [
+        (1, 20, 0), (1, 30, 0), (2, 5, 0), (2, 5, 1), (2, 10, 0)
+    ]  # fmt: skip
+    clock_ms = 1_000.0  # a simulated clock
+    assert not expired(E(1, 0, 0, deadline_ms=1_001), clock_ms)
+    assert expired(E(1, 0, 0, deadline_ms=999), clock_ms)
+    assert not expired(E(1, 0, 0, deadline_ms=0), clock_ms)  # no deadline
+    assert runnable("queued") and runnable("running")
+    assert not any(runnable(s) for s in ("cancelled", "expired", "done", "failed", None))

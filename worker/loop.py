@@ -9,9 +9,9 @@ from collections.abc import Sequence
 
 from batching import assembly, codec
 from batching.adaptive import ExecutionModel, RateMeter, SloController
-from batching.broker import FINAL_STATES, Broker, Entry, Finished, now_ms
+from batching.broker import Broker, Entry, Finished, now_ms
 from batching.histograms import bucket_field
-from batching.policy import BatchPolicy, Decision
+from batching.policy import BatchPolicy, Decision, by_priority, expired, runnable
 from batching.settings import Settings
 from worker.isolate import Piece, bisect, by_entry
 from worker.runtime import ModelRuntime
@@ -141,7 +141,7 @@ class ModelLoop:
 
         Strict priority: level 1 before level 2, first in first out within a level.
         """
-        entries = sorted(entries, key=lambda e: (e.priority, *e.order))
+        entries = by_priority(entries)
         cap, rows, n = self.batching.max_batch_size, 0, 0
         for e in entries:
             if n and rows + e.rows > cap:
@@ -158,11 +158,11 @@ class ModelLoop:
         finished: list[Finished] = []
         live: list[Entry] = []
         for entry, state in zip(entries, states, strict=True):
-            if state is None or state in FINAL_STATES:
+            if not runnable(state):
                 # a redelivered duplicate or a record that is gone: only acknowledge it
                 finished.append(Finished(entry, "failed", {}))
                 continue
-            if entry.deadline_ms and entry.deadline_ms < pulled_ms:
+            if expired(entry, pulled_ms):
                 message = "the job's deadline passed before it was batched; it never ran"
                 finished.append(Finished(entry, "expired", _error("expired", message)))
                 continue
