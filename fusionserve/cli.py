@@ -21,7 +21,7 @@ from typing import Any
 
 from batching.settings import Settings
 
-BENCHMARKS = ("ceiling", "overhead", "capacity", "perf_analyzer")
+BENCHMARKS = ("ceiling", "overhead", "capacity", "perf_analyzer", "adaptive")
 
 
 def _settings(args: argparse.Namespace, **fields: Any) -> Settings:
