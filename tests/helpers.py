@@ -39,3 +39,13 @@ def wait_all(http: httpx.Client, job_ids: Iterable[str], timeout_s: float = 120)
             if time.monotonic() > deadline:
                 raise TimeoutError(f"job {job_id} still {body['status']}")
     return results
+
+
+def publish_then_pause(stack, model: str) -> None:
+    """Start a worker so the model is published, then stop it: work queues until one returns."""
+    import signal
+
+    worker = stack.start_worker()
+    stack.wait_ready(model, 1)
+    worker.send_signal(signal.SIGTERM)
+    worker.wait(30)

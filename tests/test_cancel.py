@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import signal
 from pathlib import Path
 
 import httpx
-from helpers import wait_all
+from helpers import publish_then_pause, wait_all
 from onnx_models import scale_model
 
 from batching import keys
@@ -16,10 +15,7 @@ def test_a_cancelled_job_never_runs(stack_factory, redis_client, tmp_path: Path)
     scale_model(tmp_path / "repo")
     stack = stack_factory(tmp_path / "repo")
     stack.start_api()
-    first = stack.start_worker()
-    stack.wait_ready("scale", 1)
-    first.send_signal(signal.SIGTERM)  # nothing runs until a worker comes back
-    first.wait(30)
+    publish_then_pause(stack, "scale")  # work queues until a worker starts
     with httpx.Client(base_url=stack.url, timeout=30) as http:
         jobs = [
             http.post("/v1/models/scale/infer", json={"inputs": {"x": [k, 0, 0, 0]}}).json()[

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import signal
 from pathlib import Path
 
 import httpx
-from helpers import wait_all
+from helpers import publish_then_pause, wait_all
 from onnx_models import lookup_model
 
 POISON = 99  # past the 10-row table: ONNX Runtime rejects any batch holding it
@@ -16,10 +15,7 @@ def test_a_poisoned_item_fails_alone(stack_factory, redis_client, tmp_path: Path
     lookup_model(tmp_path / "repo")
     stack = stack_factory(tmp_path / "repo")
     stack.start_api()
-    first = stack.start_worker()
-    stack.wait_ready("lookup", 1)
-    first.send_signal(signal.SIGTERM)  # queue everything first, so it all batches together
-    first.wait(30)
+    publish_then_pause(stack, "lookup")  # work queues until a worker starts
     with httpx.Client(base_url=stack.url, timeout=30) as http:
         listed = [3, 1, POISON, 7, 0, 5, 2, 9]
         items = {"items": [{"inputs": {"idx": i}} for i in listed]}

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import signal
 from pathlib import Path
 
 import httpx
-from helpers import wait_all
+from helpers import publish_then_pause, wait_all
 from onnx_models import scale_model
 
 
@@ -14,10 +13,7 @@ def test_level_1_runs_before_waiting_level_2(stack_factory, redis_client, tmp_pa
     scale_model(tmp_path / "repo", max_batch_size=1)
     stack = stack_factory(tmp_path / "repo")
     stack.start_api()
-    first = stack.start_worker()
-    stack.wait_ready("scale", 1)
-    first.send_signal(signal.SIGTERM)  # the model stays published; the queue waits
-    first.wait(30)
+    publish_then_pause(stack, "scale")  # work queues until a worker starts
     with httpx.Client(base_url=stack.url, timeout=30) as http:
 
         def submit(priority: int) -> str:
