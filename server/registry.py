@@ -52,20 +52,15 @@ class ModelRegistry:
     def get(self, name: str) -> PublishedModel | None:
         if not keys.MODEL_NAME.match(name):
             return None
-        now = time.monotonic()
         cached = self._cache.get(name)
-        if cached and now - cached[0] < CACHE_S:
+        if cached and time.monotonic() - cached[0] < CACHE_S:
             return cached[1]
-        model = self._load(name)
-        if model is not None:  # a miss is not cached: a model a worker just published is served
-            with self._lock:
-                self._cache[name] = (now, model)
-        return model
+        return self.fresh(name)
 
     def fresh(self, name: str) -> PublishedModel | None:
         """Read past the cache (and refresh it): for callers waiting on a change."""
         model = self._load(name)
-        if model is not None:
+        if model is not None:  # a miss is not cached: a model a worker just published is served
             with self._lock:
                 self._cache[name] = (time.monotonic(), model)
         return model
