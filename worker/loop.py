@@ -112,7 +112,7 @@ class ModelLoop:
         entries = self.broker.pull(
             self.model, self.worker_id, self.batching.priority_levels, count, block_ms
         )
-        if entries:
+        if entries and self.controller is not None:
             self.arrivals.add(time.monotonic(), sum(e.rows for e in entries))
         return entries
 
@@ -191,7 +191,7 @@ class ModelLoop:
             )
             finished = []
         self.policy.ran(sum(e.rows for e in live))
-        if live:  # the whole cycle, Redis included: what a batch of this size really costs
+        if live and self.controller is not None:  # the whole cycle, Redis included
             self.execution.add(sum(e.rows for e in live), time.perf_counter() - cycle_started)
         self.batches += 1
         self.entries_done += len(entries)
