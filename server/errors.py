@@ -8,6 +8,8 @@ import redis
 from flask import Flask, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from batching.inputs import InvalidInput
+
 
 class ApiError(Exception):
     """An error the client can act on; ``status`` is the HTTP status to answer with."""
@@ -15,6 +17,10 @@ class ApiError(Exception):
     def __init__(self, status: int, code: str, message: str, **extra: Any) -> None:
         super().__init__(message)
         self.status, self.code, self.message, self.extra = status, code, message, extra
+
+
+def from_invalid_input(exc: InvalidInput) -> ApiError:
+    return ApiError(422, "invalid_input", exc.message, **exc.extra)
 
 
 def bad_request(message: str) -> ApiError:
@@ -43,6 +49,10 @@ def register_error_handlers(app: Flask) -> None:
         if exc.status in (429, 503):
             response.headers["Retry-After"] = str(retry_after)
         return response
+
+    @app.errorhandler(InvalidInput)
+    def _invalid_input(exc: InvalidInput):
+        return _api_error(from_invalid_input(exc))
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):

@@ -15,7 +15,7 @@ import numpy as np
 
 from batching import codec
 from batching.broker import JobView
-from server.registry import PublishedModel
+from batching.registry import PublishedModel
 
 JOB_ID = re.compile(
     r"^(?P<model>[A-Za-z0-9_-]{1,64})\.(?P<entry>\d{1,20}-\d{1,20}-\d{1,2})\.(?P<row>\d{1,6})$"

@@ -9,11 +9,11 @@ import numpy as np
 
 from batching import codec, keys
 from batching.broker import Broker, JobView, NewEntry, QueueFull, VersionUnavailable
+from batching.registry import PublishedModel
 from batching.settings import Settings
 from server.coalesce import SubmitCoalescer
 from server.errors import ApiError, invalid, not_found
 from server.notify import ReplyListener, Waiter
-from server.registry import PublishedModel
 
 
 class JobQueue:

@@ -8,10 +8,10 @@ import redis
 from flask import current_app
 
 from batching.broker import Broker
+from batching.registry import ModelRegistry
 from batching.settings import Settings
 from server.notify import ReplyListener
 from server.queue import JobQueue
-from server.registry import ModelRegistry
 
 
 @dataclass

@@ -5,10 +5,10 @@ from __future__ import annotations
 from flask import Blueprint, jsonify, request
 from pydantic import ValidationError
 
+from batching.inputs import entry_tensors
+from batching.registry import PublishedModel
 from server.errors import ApiError, bad_request, invalid, not_found
-from server.inputs import entry_tensors
 from server.jobs import JobId, job_ids, render
-from server.registry import PublishedModel
 from server.schemas import Submission
 from server.services import services
 

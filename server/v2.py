@@ -19,10 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 import fusionserve
 from batching import codec
-from batching.model_config import NUMPY_TO_V2
-from server import v2_wire
-from server.errors import ApiError, bad_request, invalid, not_found
-from server.inputs import (
+from batching.inputs import (
+    InvalidInput,
     check_batch_shape,
     check_names,
     check_shared_dims,
@@ -30,7 +28,10 @@ from server.inputs import (
     text_tensors,
     to_array,
 )
-from server.registry import PublishedModel
+from batching.model_config import NUMPY_TO_V2
+from batching.registry import PublishedModel
+from server import v2_wire
+from server.errors import ApiError, bad_request, from_invalid_input, invalid, not_found
 from server.services import services
 
 bp = Blueprint("v2", __name__, url_prefix="/v2")
@@ -61,6 +62,11 @@ class V2Request(BaseModel):
     parameters: dict[str, Any] = Field(default_factory=dict)
     inputs: list[V2Tensor] = Field(min_length=1)
     outputs: list[V2Output] | None = None
+
+
+@bp.errorhandler(InvalidInput)
+def v2_invalid_input(exc: InvalidInput):
+    return v2_error(from_invalid_input(exc))
 
 
 @bp.errorhandler(ApiError)

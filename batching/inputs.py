@@ -18,13 +18,24 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from batching import assembly
+from batching.items import Item
 from batching.model_config import TensorSpec
-from server.errors import ApiError, invalid
-from server.registry import PublishedModel
-from server.schemas import Item
+from batching.registry import PublishedModel
 
 Image.MAX_IMAGE_PIXELS = 4096 * 4096
 IMAGE_FORMATS = ("PNG", "JPEG")
+
+
+class InvalidInput(ValueError):
+    """An item does not fit the model; ``message`` says what is wrong (the API answers 422)."""
+
+    def __init__(self, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.message, self.extra = message, extra
+
+
+def invalid(message: str) -> InvalidInput:
+    return InvalidInput(message)
 
 
 def entry_tensors(items: Sequence[Item], model: PublishedModel) -> dict[str, np.ndarray]:
@@ -38,7 +49,7 @@ def entry_tensors(items: Sequence[Item], model: PublishedModel) -> dict[str, np.
     for index, item in enumerate(items):
         try:
             rows.append(item_tensors(item, model))
-        except ApiError as exc:
+        except InvalidInput as exc:
             if many:
                 exc.message = f"items[{index}]: {exc.message}"
                 exc.extra["item"] = index
@@ -64,7 +75,7 @@ def _stacked_named_tensors(
             check_batch_shape(spec.name, array, spec)
             tensors[spec.name] = array
         check_shared_dims(tensors, model)
-    except ApiError:
+    except InvalidInput:
         return None
     return tensors
 

@@ -1,0 +1,26 @@
+"""One item of work as clients send it, validated at the edge (``/v1`` and bulk batch lines)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class Item(BaseModel):
+    """One item: named tensors, or raw modalities preprocessed on the server."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    inputs: dict[str, Any] | None = None
+    text: str | None = None
+    image: str | None = Field(None, description="base64 PNG or JPEG")
+
+    @model_validator(mode="after")
+    def _one_form(self) -> Item:
+        raw = self.text is not None or self.image is not None
+        if self.inputs is not None and raw:
+            raise ValueError("give either 'inputs' (named tensors) or 'text'/'image', not both")
+        if self.inputs is None and not raw:
+            raise ValueError("an item needs 'inputs' (named tensors) or 'text' and 'image'")
+        return self
