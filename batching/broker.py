@@ -240,8 +240,8 @@ class Broker:
 
     # --- worker side ----------------------------------------------------------------
 
-    def ensure_groups(self, model: str, levels: int) -> None:
-        for p in range(1, levels + 1):
+    def ensure_groups(self, model: str, levels: Sequence[int]) -> None:
+        for p in levels:
             try:
                 self.redis.xgroup_create(keys.stream(model, p), keys.GROUP, id="0", mkstream=True)
             except redis.ResponseError as exc:
@@ -249,15 +249,15 @@ class Broker:
                     raise
 
     def pull(
-        self, model: str, consumer: str, levels: int, count: int, block_ms: int | None
+        self, model: str, consumer: str, levels: Sequence[int], count: int, block_ms: int | None
     ) -> list[Entry]:
-        """Up to ``count`` new entries per level, higher levels first.
+        """Up to ``count`` new entries from each of ``levels``, higher levels first.
 
         ``block_ms=None`` returns at once. BLOCK wakes as soon as an entry arrives, but
         its timeout only has the server's ``hz`` granularity: callers keep their own
         clock for short waits.
         """
-        streams = {keys.stream(model, p): ">" for p in range(1, levels + 1)}
+        streams = {keys.stream(model, p): ">" for p in levels}
         reply = self.redis.xreadgroup(keys.GROUP, consumer, streams, count=count, block=block_ms)
         entries: list[Entry] = []
         for stream_key, items in sorted(reply or [], key=lambda r: _level(r[0])):

@@ -45,6 +45,20 @@ class BatchingConfig(_Strict):
         None, gt=0, description="a p99 target: the worker then tunes its cap and delay online"
     )
 
+    @property
+    def bulk_level(self) -> int:
+        """The bulk lane: one level below every online priority, fed only by batch jobs."""
+        return self.priority_levels + 1
+
+    @property
+    def online_levels(self) -> range:
+        return range(1, self.priority_levels + 1)
+
+    @property
+    def all_levels(self) -> range:
+        """Every stream a worker reads: the online levels, then the bulk lane."""
+        return range(1, self.bulk_level + 1)
+
 
 class InstancesConfig(_Strict):
     count: int = Field(1, ge=1, le=64)

@@ -97,9 +97,10 @@ class RedisCollector:
                 compute_ns = sum(c.get(f"compute_{p}_ns", 0) for p in ("input", "infer", "output"))
                 compute.add_metric(labels, cumulative("compute", c), compute_ns / 1e9)
                 sizes.add_metric(labels, *_batch_histogram(c))
-            levels = model.meta.config.batching.priority_levels
-            for level in range(1, levels + 1):
-                depth.add_metric([name, str(level)], svc.redis.xlen(keys.stream(name, level)))
+            lanes = model.meta.config.batching
+            for level in lanes.all_levels:
+                lane = "bulk" if level == lanes.bulk_level else str(level)
+                depth.add_metric([name, lane], svc.redis.xlen(keys.stream(name, level)))
             ready.add_metric([name], model.ready_workers)
         yield from (requests, inferences, batches, queue, compute, sizes, depth, ready)
 

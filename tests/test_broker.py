@@ -30,7 +30,7 @@ def submit(broker: Broker, rows: int = 1, priority: int = 2, max_queue: int = 10
 @pytest.fixture
 def broker(redis_client: redis.Redis) -> Broker:
     b = Broker(redis_client)
-    b.ensure_groups(MODEL, 2)
+    b.ensure_groups(MODEL, range(1, 3))
     return b
 
 
@@ -38,21 +38,21 @@ def test_one_entry_holds_all_rows_and_a_queued_record(broker: Broker) -> None:
     eid = submit(broker, rows=3)
     view = broker.read(MODEL, eid)
     assert (view.state, view.rows, view.result) == ("queued", 3, None)
-    [entry] = broker.pull(MODEL, "w1", 2, 10, None)
+    [entry] = broker.pull(MODEL, "w1", range(1, 3), 10, None)
     assert entry.ref == eid and entry.rows == 3 and entry.inputs["x"].shape == (3, 2)
 
 
 def test_higher_priority_entries_come_first(broker: Broker) -> None:
     low = submit(broker, priority=2)
     high = submit(broker, priority=1)
-    assert [e.ref for e in broker.pull(MODEL, "w1", 2, 10, None)] == [high, low]
+    assert [e.ref for e in broker.pull(MODEL, "w1", range(1, 3), 10, None)] == [high, low]
 
 
 def test_complete_writes_publishes_acks_and_deletes(broker: Broker, redis_client) -> None:
     pubsub = redis_client.pubsub(ignore_subscribe_messages=True)
     pubsub.subscribe("fs:reply:test")
     eid = submit(broker)
-    [entry] = broker.pull(MODEL, "w1", 2, 10, None)
+    [entry] = broker.pull(MODEL, "w1", range(1, 3), 10, None)
     assert broker.start([entry], "w1") == ["running"]
     result = {"outputs": {"y": codec.tensor_to_wire(np.ones((1, 2), np.float32))}}
     assert broker.complete([Finished(entry, "done", result)], ttl_s=60) == 1
@@ -72,7 +72,7 @@ def test_complete_writes_publishes_acks_and_deletes(broker: Broker, redis_client
 
 def test_a_late_duplicate_never_overwrites_a_final_result(broker: Broker) -> None:
     eid = submit(broker)
-    [entry] = broker.pull(MODEL, "w1", 2, 10, None)
+    [entry] = broker.pull(MODEL, "w1", range(1, 3), 10, None)
     broker.complete([Finished(entry, "done", {"n": 1})], ttl_s=60)
     assert broker.start([entry], "w2") == ["done"]
     assert broker.complete([Finished(entry, "failed", {"n": 2})], ttl_s=60) == 0
@@ -97,7 +97,7 @@ def test_a_full_queue_refuses_and_enqueues_nothing(broker: Broker, redis_client)
 
 def test_idle_entries_are_reclaimed_then_dead_lettered(broker: Broker) -> None:
     eid = submit(broker)
-    broker.pull(MODEL, "crashed", 2, 10, None)
+    broker.pull(MODEL, "crashed", range(1, 3), 10, None)
     time.sleep(0.02)
     claimed, dead = broker.reclaim(MODEL, 2, "w2", min_idle_ms=10, max_deliveries=2, ttl_s=60)
     assert [e.ref for e in claimed] == [eid] and dead == []

@@ -59,8 +59,7 @@ class ModelLoop:
         self.stats: dict[str, int] = {}
 
     def run(self) -> None:
-        levels = self.batching.priority_levels
-        self.broker.ensure_groups(self.model, levels)
+        self.broker.ensure_groups(self.model, self.batching.all_levels)
         log.info("worker %s serving %s", self.worker_id, self.model)
         while not self.stop.is_set():
             try:
@@ -81,7 +80,7 @@ class ModelLoop:
 
     def reclaim(self) -> list[Entry]:
         claimed: list[Entry] = []
-        for level in range(1, self.batching.priority_levels + 1):
+        for level in self.batching.all_levels:
             entries, dead = self.broker.reclaim(
                 self.model,
                 level,
@@ -108,10 +107,19 @@ class ModelLoop:
             self.policy.fill_target = setting.max_batch_size
             self.policy.max_queue_delay_s = setting.max_queue_delay_s
 
-    def pull(self, count: int, block_ms: int | None) -> list[Entry]:
-        entries = self.broker.pull(
-            self.model, self.worker_id, self.batching.priority_levels, count, block_ms
-        )
+    def pull(self, count: int, block_ms: int | None, *, bulk: bool = False) -> list[Entry]:
+        """Online work first; one bulk entry only when asked and no online work waits.
+
+        A bulk entry is fed at ``max_batch_size`` rows, so one fills a batch: pulling
+        more would only hold them here while other workers idle and online work arrives.
+        ``block_ms`` waits on every lane (any arrival wakes it) when all were empty.
+        """
+        b = self.batching
+        entries = self.broker.pull(self.model, self.worker_id, b.online_levels, count, None)
+        if not entries and bulk:
+            entries = self.broker.pull(self.model, self.worker_id, [b.bulk_level], 1, None)
+        if not entries and block_ms is not None:
+            entries = self.broker.pull(self.model, self.worker_id, b.all_levels, 1, block_ms)
         if entries and self.controller is not None:
             self.arrivals.add(time.monotonic(), sum(e.rows for e in entries))
         return entries
@@ -122,7 +130,8 @@ class ModelLoop:
         cap = self.batching.max_batch_size
         entries, self.carry = self.carry, []
         # Held entries may be of a lower level than what arrived meanwhile: look first.
-        entries += self.pull(self.batching.max_batch_size, None if entries else IDLE_BLOCK_MS)
+        idle = not entries
+        entries += self.pull(cap, IDLE_BLOCK_MS if idle else None, bulk=idle)
         if not entries:
             return []
         state = self.policy.open(time.monotonic(), len(entries), sum(e.rows for e in entries))

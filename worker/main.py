@@ -33,7 +33,7 @@ def run_worker(settings: Settings, models: list[str] | None = None) -> int:
     stop = threading.Event()
     loops = [ModelLoop(broker, versions, worker_id, settings, stop) for versions in served]
     for versions in served:
-        broker.ensure_groups(versions.name, versions.files.config.batching.priority_levels)
+        broker.ensure_groups(versions.name, versions.files.config.batching.all_levels)
     counters = {lp.model: (lambda lp=lp: lp.entries_done) for lp in loops}
     control = Control(client, broker, worker_id, served, settings.heartbeat_s, counters)
     control.sync()  # load what the policy (or the latest repository order) says, and publish
