@@ -25,7 +25,7 @@ from batching import codec, keys
 FINAL_STATES = frozenset({"done", "failed", "expired", "cancelled"})
 
 
-def _script(client: redis.Redis, name: str) -> Any:
+def load_script(client: redis.Redis, name: str) -> Any:
     source = resources.files("batching").joinpath("lua", f"{name}.lua").read_text()
     return client.register_script(source)
 
@@ -107,6 +107,8 @@ class NewEntry:
     deadline_ms: int
     version: int = 0
     """The exact model version asked for; 0 runs on the newest one loaded."""
+    idempotency: tuple[str, str, int] | None = None
+    """(Redis key, what it remembers, seconds): a key seen before adds nothing (Replayed)."""
 
     def script_args(self) -> tuple[list[str], list[Any]]:
         """KEYS and ARGV of ``submit.lua``."""
@@ -122,6 +124,7 @@ class NewEntry:
             self.version,
             keys.pinned(self.model, ""),
             keys.accepting(self.model),
+            *(self.idempotency or ("", "", 0)),
         ]
         return [keys.outcomes(self.model), keys.stream(self.model, self.priority), *streams], args
 
@@ -134,6 +137,14 @@ class VersionUnavailable(Exception):
         self.model, self.version = model, version
 
 
+class Replayed(Exception):
+    """The submission's Idempotency-Key was used before: ``remembered`` is what it created."""
+
+    def __init__(self, remembered: str) -> None:
+        super().__init__("idempotent replay")
+        self.remembered = remembered
+
+
 class QueueFull(Exception):
     """The model's queue holds ``max_queue_size`` entries: admission refused, nothing enqueued."""
 
@@ -141,12 +152,12 @@ class QueueFull(Exception):
 class Broker:
     def __init__(self, client: redis.Redis) -> None:
         self.redis = client
-        self._submit = _script(client, "submit")
-        self._start = _script(client, "start")
-        self._complete = _script(client, "complete")
-        self._watch = _script(client, "watch")
-        self._reclaim = _script(client, "reclaim")
-        self._cancel = _script(client, "cancel")
+        self._submit = load_script(client, "submit")
+        self._start = load_script(client, "start")
+        self._complete = load_script(client, "complete")
+        self._watch = load_script(client, "watch")
+        self._reclaim = load_script(client, "reclaim")
+        self._cancel = load_script(client, "cancel")
 
     # --- API side -------------------------------------------------------------------
 
@@ -160,7 +171,8 @@ class Broker:
     def submit_many(self, entries: Sequence[NewEntry]) -> list[str | Exception]:
         """Enqueue several entries in ONE round trip (a pipeline of the submit script).
 
-        Each outcome is the entry's reference, ``QueueFull``, or the Redis error it met;
+        Each outcome is the entry's reference, ``QueueFull``, ``Replayed``, or the Redis
+        error it met;
         the entries are independent (one refused does not refuse the others).
         """
         outcomes: list[str | Exception] = [QueueFull("")] * len(entries)
@@ -181,6 +193,8 @@ class Broker:
                     outcomes[i] = reply
                 elif reply is None:
                     outcomes[i] = QueueFull(entries[i].model)
+                elif isinstance(reply, list):
+                    outcomes[i] = Replayed(reply[0].decode())
                 else:
                     outcomes[i] = entry_ref(reply.decode(), entries[i].priority)
             if not missing:
@@ -195,11 +209,11 @@ class Broker:
             keys=[keys.job(model, ref), keys.watchers(model, ref)],
             args=[reply_channel, ttl_s],
         )
-        return _job_view(found) if found else None
+        return job_view(found) if found else None
 
     def read(self, model: str, ref: str) -> JobView | None:
         found = self.redis.hmget(keys.job(model, ref), "st", "n", "pr", "res")
-        return _job_view(found) if found[0] else None
+        return job_view(found) if found[0] else None
 
     def cancel(self, model: str, ref: str, ttl_s: int) -> str | None:
         """Cancel a queued job; returns its state afterwards (``cancelled`` if it was queued)."""
@@ -283,7 +297,12 @@ class Broker:
             return 0
         model = finished[0].entry.model
         stat_pairs = [x for field, value in (stats or {}).items() for x in (field, value)]
-        keys_: list[str] = [keys.stats(model, version), keys.outcomes(model)]
+        keys_: list[str] = [
+            keys.stats(model, version),
+            keys.outcomes(model),
+            keys.batches_settled(model),
+            keys.batches_active(model),
+        ]
         args: list[Any] = [
             keys.GROUP,
             ttl_s,
@@ -300,7 +319,8 @@ class Broker:
                 keys.watchers(e.model, e.ref),
             ]
             duration_ns = max(0, done_ns - e.enqueued_ms * 1_000_000)
-            args += [e.id, f.state, codec.pack(f.result), duration_ns, e.version]
+            rejected = len(f.result.get("row_errors", ()))
+            args += [e.id, f.state, codec.pack(f.result), duration_ns, e.version, rejected]
         return int(self._complete(keys=keys_, args=args))
 
     def pinned(self, model: str, version: int) -> int:
@@ -375,7 +395,7 @@ def _entry(model: str, priority: int, eid: bytes | str, fields: Any) -> Entry:
     )
 
 
-def _job_view(found: Sequence[Any]) -> JobView:
+def job_view(found: Sequence[Any]) -> JobView:
     state, rows, priority, result = found
     return JobView(
         state=state.decode(),

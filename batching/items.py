@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
 class Item(BaseModel):
@@ -24,3 +24,13 @@ class Item(BaseModel):
         if self.inputs is None and not raw:
             raise ValueError("an item needs 'inputs' (named tensors) or 'text' and 'image'")
         return self
+
+
+def describe_errors(exc: ValidationError, limit: int = 5) -> str:
+    """Pydantic's errors as one line a client can act on: ``where: what`` for each."""
+    parts = []
+    for err in exc.errors()[:limit]:
+        where = ".".join(str(p) for p in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        parts.append(f"{where}: {msg}" if where else msg)
+    return "; ".join(parts)

@@ -8,6 +8,7 @@ in the same script as a model's keys.
 
 from __future__ import annotations
 
+import hashlib
 import re
 
 PREFIX = "fs"
@@ -78,6 +79,65 @@ def drain_rates(model: str) -> str:
 def control(model: str) -> str:
     """Hash of what the repository API asked for (``want``) and a generation counter."""
     return f"{_tag(model)}:control"
+
+
+def idempotency(model: str, scope: str, key: str) -> str:
+    """What an ``Idempotency-Key`` first created (``scope``: ``infer`` or ``batch``).
+
+    The client's key is hashed: any header value makes a short, safe key name.
+    """
+    digest = hashlib.sha256(key.encode()).hexdigest()[:32]
+    return f"{_tag(model)}:idem:{scope}:{digest}"
+
+
+# --- bulk batches ---------------------------------------------------------------------
+
+BULK_QUEUE = "fusionserve-bulk"
+"""RQ queue of ingest jobs (one per batch: validate lines, feed the bulk lane)."""
+
+WEBHOOK_QUEUE = "fusionserve-webhooks"
+"""RQ queue of signed completion webhooks (retried with backoff through RQ's ``Retry``)."""
+
+SWEEP_LOCK = f"{PREFIX}:bulk:sweep"
+"""Held by the one bulk worker that sweeps (restarts stalled ingests, enqueues webhooks)."""
+
+
+def batch(model: str, local_id: str) -> str:
+    """Hash of one batch: status, counters, ingest offsets and lease, webhook state."""
+    return f"{_tag(model)}:batch:{local_id}"
+
+
+def batch_chunks(model: str, local_id: str) -> str:
+    """Hash of a batch's chunks: ``<seq>`` -> its lines, ``<seq>:ref`` -> its entry reference."""
+    return f"{batch(model, local_id)}:chunks"
+
+
+def batch_inflight(model: str, local_id: str) -> str:
+    """Hash of job record key -> stream entry id for a batch's entries not yet final.
+
+    The Lua scripts derive it as ``<batch key>:inflight`` from a record's ``bt`` field.
+    """
+    return f"{batch(model, local_id)}:inflight"
+
+
+def batch_hooks(model: str, local_id: str) -> str:
+    """List of webhook delivery attempts (JSON), oldest first."""
+    return f"{batch(model, local_id)}:hooks"
+
+
+def batches(model: str) -> str:
+    """Sorted set of the model's batch ids, scored by creation time (unix ms)."""
+    return f"{_tag(model)}:batches"
+
+
+def batches_active(model: str) -> str:
+    """Set of batch ids not yet settled: the sweeper restarts their ingest if it stalls."""
+    return f"{_tag(model)}:batches:active"
+
+
+def batches_settled(model: str) -> str:
+    """Set of batch ids that just settled: an outbox the sweeper turns into webhook jobs."""
+    return f"{_tag(model)}:batches:settled"
 
 
 def reply_channel(process_id: str) -> str:

@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -44,6 +44,37 @@ class Settings(BaseSettings):
     )
     max_deliveries: int = Field(3, ge=1, description="deliveries before an entry is dead-lettered")
     heartbeat_s: float = Field(2.0, gt=0)
+    idempotency_ttl_s: int = Field(
+        86_400, ge=1, description="how long an Idempotency-Key returns what it first created"
+    )
+
+    # Bulk batches
+    batch_dir: Path | None = Field(
+        None, description="where batch input files are stored (default: <data_dir>/batches)"
+    )
+    max_batch_bytes: int = Field(4 * 1024**3, ge=1024, description="largest batch file")
+    batch_retention_s: int = Field(
+        7 * 86_400, ge=60, description="how long a settled batch's status and results stay"
+    )
+    batch_window_s: int = Field(
+        86_400, ge=1, description="items not run this long after the batch was created expire"
+    )
+    bulk_window: int = Field(
+        8, ge=1, description="most entries a batch keeps queued in the bulk lane at once"
+    )
+    ingest_lease_s: float = Field(
+        10.0, gt=0, description="an ingest silent this long is presumed dead and restarted"
+    )
+    sweep_interval_s: float = Field(1.0, gt=0)
+    webhook_secret: SecretStr | None = Field(
+        None, description="HMAC-SHA256 key that signs batch webhooks (required to use them)"
+    )
+    webhook_max_retries: int = Field(6, ge=0)
+    webhook_backoff_s: int = Field(1, ge=1, description="first retry delay; doubles each time")
+    webhook_timeout_s: float = Field(10.0, gt=0)
+
+    def batch_path(self) -> Path:
+        return self.batch_dir or self.data_dir / "batches"
 
 
 @lru_cache

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -31,12 +33,22 @@ def policy(max_retries: int, backoff: float, backoff_max: float) -> RetryPolicy:
 
 
 def request_kwargs(call: Call[Any]) -> dict[str, Any]:
-    kwargs: dict[str, Any] = {"params": call.params, "content": call.content}
+    content = call.upload() if call.upload is not None else call.content
+    kwargs: dict[str, Any] = {"params": call.params, "content": content}
     if call.headers:
         kwargs["headers"] = call.headers
-    if call.timeout is not None:
-        kwargs["timeout"] = call.timeout
+    if call.timeout is not None or call.upload is not None:
+        kwargs["timeout"] = call.timeout  # an upload of any size: no overall timeout
     return kwargs
+
+
+def file_blocks(path: str | Path, on_bytes: Callable[[int], None] | None) -> Iterator[bytes]:
+    """A file in 1 MiB blocks (an upload never holds it whole), reporting each block."""
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            if on_bytes is not None:
+                on_bytes(len(block))
+            yield block
 
 
 def outcome(

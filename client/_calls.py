@@ -5,7 +5,7 @@ The sync and async clients share these and differ only in how they send and slee
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 from urllib.parse import quote
@@ -33,10 +33,16 @@ class Call(Generic[T]):
     timeout: float | None = None
     idempotent: bool = True
     accept: frozenset[int] = frozenset()
+    upload: Callable[[], Iterator[bytes]] | None = None
+    """A streamed body, opened afresh for each attempt (``content`` is then None)."""
+    extra_headers: dict[str, str] | None = None
 
     @property
     def headers(self) -> dict[str, str] | None:
-        return JSON_HEADERS if self.content is not None else None
+        base = JSON_HEADERS if self.content is not None else None
+        if self.extra_headers:
+            return {**(base or {}), **self.extra_headers}
+        return base
 
 
 def _json(response: httpx.Response) -> Any:
@@ -115,3 +121,45 @@ def infer_raw(
         timeout=timeout,
         idempotent=False,
     )
+
+
+def submit_batch(
+    model: str,
+    upload: Callable[[], Iterator[bytes]],
+    *,
+    webhook_url: str | None,
+    priority: int | None,
+    idempotency_key: str,
+) -> Call[dict[str, Any]]:
+    """``POST /v1/batches``: the JSONL streamed; the key makes a retried upload safe."""
+    params = {"model": model}
+    if webhook_url:
+        params["webhook_url"] = webhook_url
+    if priority is not None:
+        params["priority"] = str(priority)
+    return Call(
+        "POST",
+        "/v1/batches",
+        _json,
+        params=params,
+        upload=upload,
+        extra_headers={"Content-Type": "application/jsonl", "Idempotency-Key": idempotency_key},
+        timeout=None,
+    )
+
+
+def batch(batch_id: str) -> Call[dict[str, Any]]:
+    return Call("GET", f"/v1/batches/{_seg(batch_id)}", _json)
+
+
+def cancel_batch(batch_id: str) -> Call[dict[str, Any]]:
+    return Call("DELETE", f"/v1/batches/{_seg(batch_id)}", _json)
+
+
+def batches(model: str | None, limit: int) -> Call[dict[str, Any]]:
+    params = {"limit": str(limit)} | ({"model": model} if model else {})
+    return Call("GET", "/v1/batches", _json, params=params)
+
+
+def batch_results_path(batch_id: str) -> str:
+    return f"/v1/batches/{_seg(batch_id)}/results"

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
 import numpy as np
+import orjson
 
 from client import _base, _calls, _codec
 from client._calls import Call
-from client.errors import WaitTimeout
+from client.errors import WaitTimeout, error_from_response
 from client.types import JobResult, ModelInfo
 
 T = TypeVar("T")
@@ -128,6 +131,50 @@ class Client:
     ) -> dict[str, np.ndarray]:
         """Synchronous KServe V2 inference: rows in, outputs (with their dtypes) out."""
         return self.request(_calls.infer(model, inputs, outputs, timeout))
+
+    def submit_batch(
+        self,
+        model: str,
+        path: str | Path,
+        *,
+        webhook_url: str | None = None,
+        priority: int | None = None,
+        idempotency_key: str | None = None,
+        on_bytes: Callable[[int], None] | None = None,
+    ) -> dict[str, Any]:
+        """Upload a JSONL file as a bulk batch; returns ``{"batch_id", "status_url", …}``.
+
+        The upload carries an Idempotency-Key (a fresh one unless given), so a retry after
+        a dropped connection returns the batch the first attempt created, never a second.
+        """
+        call = _calls.submit_batch(
+            model,
+            lambda: _base.file_blocks(path, on_bytes),
+            webhook_url=webhook_url,
+            priority=priority,
+            idempotency_key=idempotency_key or uuid.uuid4().hex,
+        )
+        return self.request(call)
+
+    def batch(self, batch_id: str) -> dict[str, Any]:
+        """The batch's status: ``status``, ``counts``, times, ``eta_s``, ``webhook``."""
+        return self.request(_calls.batch(batch_id))
+
+    def cancel_batch(self, batch_id: str) -> dict[str, Any]:
+        return self.request(_calls.cancel_batch(batch_id))
+
+    def batches(self, model: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
+        return self.request(_calls.batches(model, limit))["batches"]
+
+    def batch_results(self, batch_id: str) -> Iterator[dict[str, Any]]:
+        """The results, one dict per input line in input order, streamed as they download."""
+        with self._http.stream("GET", _calls.batch_results_path(batch_id), timeout=None) as r:
+            if r.status_code >= 400:
+                r.read()
+                raise error_from_response(r)
+            for line in r.iter_lines():
+                if line:
+                    yield orjson.loads(line)
 
     def models(self) -> list[ModelInfo]:
         return self.request(_calls.models())

@@ -1,4 +1,5 @@
-"""The ``fusionserve`` command: ``up``, ``api``, ``worker``, ``export``, ``loadtest``, ``bench``."""
+"""The ``fusionserve`` command: ``up``, ``api``, ``worker``, ``bulk-worker``, ``batch``, ``export``,
+``loadtest``, ``bench``."""
 
 from __future__ import annotations
 
@@ -61,6 +62,21 @@ def build_parser() -> argparse.ArgumentParser:
     _repository_flag(worker)
     worker.add_argument("models", nargs="*", help="models to serve (default: all)")
 
+    bulk = sub.add_parser(
+        "bulk-worker", help="run an RQ worker for batch ingest and webhooks (needs REDIS_URL)"
+    )
+    bulk.add_argument(
+        "--queue",
+        action="append",
+        choices=["fusionserve-bulk", "fusionserve-webhooks"],
+        help="RQ queue to serve (repeatable; default both)",
+    )
+
+    batch = sub.add_parser("batch", help="submit a bulk batch, follow it, fetch its results")
+    from client.cli import add_batch_arguments
+
+    add_batch_arguments(batch)
+
     export = sub.add_parser("export", help="train a fusion model and export it to ONNX")
     from fusion.cli import add_export_arguments
 
@@ -104,6 +120,14 @@ def main(argv: list[str] | None = None) -> int:
         from worker.main import run_worker
 
         return run_worker(_settings(args, model_repository=args.model_repository), args.models)
+    if args.command == "bulk-worker":
+        from worker.bulk import run_bulk_worker
+
+        return run_bulk_worker(_settings(args), args.queue)
+    if args.command == "batch":
+        from client.cli import run_batch
+
+        return run_batch(args)
     if args.command == "export":
         from fusion.cli import run_export
 

@@ -37,7 +37,9 @@ class LocalStack:
         self.workers: list[subprocess.Popen[bytes]] = []
         self.url = ""
 
-    def _spawn(self, name: str, *args: str, **env: str) -> subprocess.Popen[bytes]:
+    def _spawn(
+        self, name: str, *args: str, new_session: bool = False, **env: str
+    ) -> subprocess.Popen[bytes]:
         log = (self.logs / f"{name}-{len(self.procs)}.log").open("wb")
         proc = subprocess.Popen(
             [sys.executable, "-m", "fusionserve.cli", *args],
@@ -45,6 +47,7 @@ class LocalStack:
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=ROOT,
+            start_new_session=new_session,
         )
         self.procs.append(proc)
         return proc
@@ -66,6 +69,11 @@ class LocalStack:
         proc = self._spawn("worker", "worker", *models, **env)
         self.workers.append(proc)
         return proc
+
+    def start_bulk_worker(self, *queues: str, **env: str) -> subprocess.Popen[bytes]:
+        """An RQ bulk worker in its own process group: killing the group takes its job too."""
+        args = [x for q in queues for x in ("--queue", q)]
+        return self._spawn("bulk", "bulk-worker", *args, new_session=True, **env)
 
     def wait_ready(self, model: str, workers: int, timeout_s: float = 60) -> None:
         """Until ``workers`` workers heartbeat for ``model`` (as the API counts them)."""

@@ -1,4 +1,5 @@
-"""``fusionserve up``: embedded Redis (unless ``REDIS_URL`` is set), the API and N workers.
+"""``fusionserve up``: embedded Redis (unless ``REDIS_URL`` is set), the API, N workers and a
+bulk worker (batch ingest and webhooks).
 
 Children are our own subprocesses; Ctrl+C or SIGTERM stops the API first (no new
 work), then the workers (each finishes its batch in hand), then Redis, leaving no
@@ -56,6 +57,7 @@ def run_up(settings: Settings, workers: int) -> int:
     api_args = ["api", "--host", settings.host, "--port", str(settings.port)]
     api_args += ["--processes", str(settings.api_processes)]
     worker_procs = [_spawn(["worker"], env) for _ in range(workers)]
+    worker_procs.append(_spawn(["bulk-worker"], env))
     api = _spawn(api_args, env)
     log.info(
         "fusionserve up: API on http://%s:%d, %d worker(s), Redis %s",

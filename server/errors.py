@@ -59,7 +59,7 @@ def register_error_handlers(app: Flask) -> None:
         code = (exc.name or "error").lower().replace(" ", "_")
         message = exc.description or exc.name
         if exc.code == 413:
-            limit = app.config.get("MAX_CONTENT_LENGTH")
+            limit = request.max_content_length
             message = f"request body exceeds the limit of {limit} bytes"
         if request.path.startswith("/v2"):  # the KServe V2 shape: {"error": "<message>"}
             response = jsonify({"error": message})

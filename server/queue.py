@@ -30,8 +30,12 @@ class JobQueue:
         priority: int | None = None,
         timeout_ms: int | None = None,
         version: int = 0,
+        idempotency: tuple[str, str, int] | None = None,
     ) -> str:
-        """Enqueue one entry; returns its reference. Raises 422 for a bad priority, 429 if full."""
+        """Enqueue one entry; returns its reference. Raises 422 for a bad priority, 429 if full.
+
+        With ``idempotency`` (see NewEntry) a key used before raises ``Replayed`` instead.
+        """
         batching = model.meta.config.batching
         level = priority or batching.priority_levels
         if not 1 <= level <= batching.priority_levels:
@@ -48,6 +52,7 @@ class JobQueue:
             max_queue_size=batching.max_queue_size,
             deadline_ms=int(time.time() * 1000) + timeout_ms,
             version=version,
+            idempotency=idempotency,
         )
         try:
             return self.submitter.submit(entry)

@@ -8,6 +8,7 @@ import redis
 from flask import current_app
 
 from batching.broker import Broker
+from batching.bulk import BatchStore
 from batching.registry import ModelRegistry
 from batching.settings import Settings
 from server.notify import ReplyListener
@@ -22,6 +23,7 @@ class Services:
     registry: ModelRegistry
     listener: ReplyListener
     queue: JobQueue
+    batches: BatchStore
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -45,6 +47,7 @@ class Services:
             registry=ModelRegistry(client, settings.heartbeat_s),
             listener=listener,
             queue=JobQueue(broker, listener, settings),
+            batches=BatchStore(client),
         )
 
 

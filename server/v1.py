@@ -5,9 +5,13 @@ from __future__ import annotations
 from flask import Blueprint, jsonify, request
 from pydantic import ValidationError
 
+from batching import keys
+from batching.broker import Replayed
 from batching.inputs import entry_tensors
+from batching.items import describe_errors
 from batching.registry import PublishedModel
 from server.errors import ApiError, bad_request, invalid, not_found
+from server.idempotency import fingerprint, idempotency_key
 from server.jobs import JobId, job_ids, render
 from server.schemas import Submission
 from server.services import services
@@ -31,15 +35,6 @@ def _json_body() -> dict:
     return body
 
 
-def _validation_message(exc: ValidationError) -> str:
-    parts = []
-    for err in exc.errors()[:5]:
-        where = ".".join(str(p) for p in err["loc"])
-        msg = err["msg"].removeprefix("Value error, ")
-        parts.append(f"{where}: {msg}" if where else msg)
-    return "; ".join(parts)
-
-
 @bp.post("/models/<name>/infer")
 def submit(name: str):
     svc = services()
@@ -55,22 +50,49 @@ def submit(name: str):
     try:
         submission = Submission.model_validate(raw)
     except ValidationError as exc:
-        raise invalid(_validation_message(exc)) from None
+        raise invalid(describe_errors(exc)) from None
     items = submission.all_items()
+    key = idempotency_key()
+    idempotency = None
+    if key is not None:
+        remembered = f"{fingerprint(name, request.get_data())}\n{len(items)}"
+        idempotency = (
+            keys.idempotency(name, "infer", key),
+            remembered,
+            svc.settings.idempotency_ttl_s,
+        )
     tensors = entry_tensors(items, model)
-    entry = svc.queue.submit(
-        model,
-        tensors,
-        len(items),
-        priority=submission.priority,
-        timeout_ms=submission.timeout_ms,
-    )
-    ids = job_ids(name, entry, len(items))
-    if submission.items is not None:
-        body = {"job_ids": ids, "status_urls": [f"/v1/jobs/{i}" for i in ids]}
-    else:
-        body = {"job_id": ids[0], "status_url": f"/v1/jobs/{ids[0]}"}
-    return jsonify(body), 202
+    try:
+        entry = svc.queue.submit(
+            model,
+            tensors,
+            len(items),
+            priority=submission.priority,
+            timeout_ms=submission.timeout_ms,
+            idempotency=idempotency,
+        )
+    except Replayed as replay:
+        return _replayed(name, replay.remembered, idempotency, submission.items is not None)
+    return jsonify(_submitted(name, entry, len(items), submission.items is not None)), 202
+
+
+def _submitted(model: str, entry: str, rows: int, many: bool) -> dict:
+    ids = job_ids(model, entry, rows)
+    if many:
+        return {"job_ids": ids, "status_urls": [f"/v1/jobs/{i}" for i in ids]}
+    return {"job_id": ids[0], "status_url": f"/v1/jobs/{ids[0]}"}
+
+
+def _replayed(model: str, remembered: str, idempotency, many: bool):
+    """What the first request with this Idempotency-Key created; its result once final."""
+    digest, rows, entry = remembered.split("\n")
+    if idempotency is None or digest != idempotency[1].split("\n")[0]:
+        raise ApiError(
+            422, "idempotency_key_reused", "this Idempotency-Key was used for a different request"
+        )
+    response = jsonify(_submitted(model, entry, int(rows), many))
+    response.headers["Idempotent-Replayed"] = "true"
+    return response, 202
 
 
 @bp.get("/jobs/<job_id>")

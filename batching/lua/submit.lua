@@ -15,11 +15,21 @@
 -- ARGV[8]        model version asked for (0: the newest loaded when it runs)
 -- ARGV[9]        the pinned-version counter key prefix ("fs:{model}:pinned:")
 -- ARGV[10]       the set of versions that may be asked for by number
--- returns        the entry id, false when the queue is full, or the error
---                "version_unavailable" for a version being unloaded
+-- ARGV[11]       the Idempotency-Key's Redis key, or '' without one
+-- ARGV[12]       what it remembers, before the entry reference ('<fingerprint>\n<rows>')
+-- ARGV[13]       how long it remembers, seconds
+-- returns        the entry id, false when the queue is full, the error
+--                "version_unavailable" for a version being unloaded, or, when the
+--                Idempotency-Key was used before, {what it remembers}: nothing is added
 --
 -- Entry ids are unique per stream only, so a record is named by its reference,
 -- '<entry id>-<priority level>', unique per model.
+if ARGV[11] ~= '' then
+  local prior = redis.call('GET', ARGV[11])
+  if prior then
+    return {prior}
+  end
+end
 if ARGV[8] ~= '0' and redis.call('SISMEMBER', ARGV[10], ARGV[8]) == 0 then
   return redis.error_reply('version_unavailable')
 end
@@ -38,5 +48,8 @@ local id = redis.call('XADD', KEYS[2], '*', 'n', ARGV[2], 'd', ARGV[7], 'v', ARG
 redis.call('HSET', ARGV[1] .. id .. '-' .. ARGV[5], 'st', 'queued', 'n', ARGV[2], 'rp', ARGV[4], 'pr', ARGV[5])
 if ARGV[8] ~= '0' then
   redis.call('INCR', ARGV[9] .. ARGV[8])
+end
+if ARGV[11] ~= '' then
+  redis.call('SET', ARGV[11], ARGV[12] .. '\n' .. id .. '-' .. ARGV[5], 'EX', tonumber(ARGV[13]))
 end
 return id
