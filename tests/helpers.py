@@ -7,9 +7,15 @@ import time
 from collections.abc import Iterable
 
 import httpx
+import numpy as np
+import onnxruntime as ort
 import redis
+from conftest import DEMO
+from tokenizers import Tokenizer
 
 from batching import keys
+from fusion import data
+from fusion.tokenizer import encode_batch
 
 
 def entries_added(client: redis.Redis, model: str, levels: int = 2) -> int:
@@ -49,3 +55,35 @@ def publish_then_pause(stack, model: str) -> None:
     stack.wait_ready(model, 1)
     worker.send_signal(signal.SIGTERM)
     worker.wait(30)
+
+
+def reference_session() -> ort.InferenceSession:
+    """The demo model in-process, to check what the server returns."""
+    [version] = [p for p in DEMO.iterdir() if p.name.isdigit()]
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    return ort.InferenceSession(str(version / "model.onnx"), options)
+
+
+def reference_logits(
+    session: ort.InferenceSession, tokenizer: Tokenizer, sample: data.Sample
+) -> np.ndarray:
+    """The demo model's logits for one sample at batch size 1 (no padding)."""
+    ids, mask = encode_batch(tokenizer, [sample.question])
+    image = data.normalize(sample.image)[None]
+    feeds = {"input_ids": ids, "attention_mask": mask, "image": image}
+    return session.run(["logits"], feeds)[0][0]
+
+
+def demo_item(sample: data.Sample, as_tensors: bool, tokenizer: Tokenizer) -> dict:
+    """A request item for the demo model: raw text + PNG, or the named tensors."""
+    if not as_tensors:
+        return {"text": sample.question, "image": b64(data.png_bytes(sample.image))}
+    ids, mask = encode_batch(tokenizer, [sample.question])
+    return {
+        "inputs": {
+            "input_ids": ids[0].tolist(),
+            "attention_mask": mask[0].tolist(),
+            "image": data.normalize(sample.image).tolist(),
+        }
+    }

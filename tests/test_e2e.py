@@ -8,37 +8,15 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-import onnxruntime as ort
 import pytest
 from conftest import DEMO
-from helpers import b64, wait_all
+from helpers import b64, demo_item, reference_logits, reference_session, wait_all
 from tokenizers import Tokenizer
 
 from fusion import data
-from fusion.tokenizer import encode_batch
 
 MODEL = "demo"
 N_ITEMS = 300
-
-
-def reference_session() -> ort.InferenceSession:
-    [version] = [p for p in DEMO.iterdir() if p.name.isdigit()]
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    return ort.InferenceSession(str(version / "model.onnx"), options)
-
-
-def item(sample: data.Sample, as_tensors: bool, tokenizer: Tokenizer) -> dict:
-    if not as_tensors:
-        return {"text": sample.question, "image": b64(data.png_bytes(sample.image))}
-    ids, mask = encode_batch(tokenizer, [sample.question])
-    return {
-        "inputs": {
-            "input_ids": ids[0].tolist(),
-            "attention_mask": mask[0].tolist(),
-            "image": data.normalize(sample.image).tolist(),
-        }
-    }
 
 
 @pytest.fixture
@@ -65,7 +43,7 @@ def test_300_concurrent_items_match_onnxruntime_and_are_accurate(demo_stack) -> 
     as_tensors = [rng.random() < 0.3 for _ in range(N_ITEMS)]
 
     def submit(indices: list[int]) -> list[str]:
-        items = [item(samples[k], as_tensors[k], tokenizer) for k in indices]
+        items = [demo_item(samples[k], as_tensors[k], tokenizer) for k in indices]
         with httpx.Client(base_url=demo_stack.url, timeout=60) as http:
             if len(items) == 1:
                 response = http.post(f"/v1/models/{MODEL}/infer", json=items[0])
@@ -88,13 +66,9 @@ def test_300_concurrent_items_match_onnxruntime_and_are_accurate(demo_stack) -> 
     correct, worst, batch_sizes = 0, 0.0, []
     for k, job_id in enumerate(job_ids):
         body = results[job_id]
-        ids, mask = encode_batch(tokenizer, [samples[k].question])
-        image = data.normalize(samples[k].image)[None]
-        [expected] = session.run(
-            ["logits"], {"input_ids": ids, "attention_mask": mask, "image": image}
-        )
+        expected = reference_logits(session, tokenizer, samples[k])
         served = np.array(body["outputs"]["logits"], dtype=np.float32)
-        worst = max(worst, float(np.abs(served - expected[0]).max()))
+        worst = max(worst, float(np.abs(served - expected).max()))
         correct += body["labels"][0]["label"] == data.LABELS[samples[k].label]
         batch_sizes.append(body["timings"]["batch_size"])
         assert body["timings"]["compute_ms"] > 0 and body["timings"]["worker"]
