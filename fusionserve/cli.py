@@ -22,7 +22,7 @@ from typing import Any
 
 from batching.settings import Settings
 
-BENCHMARKS = ("ceiling", "overhead", "capacity", "perf_analyzer", "adaptive")
+BENCHMARKS = ("ceiling", "overhead", "capacity", "perf_analyzer", "adaptive", "bulk")
 
 
 def _settings(args: argparse.Namespace, **fields: Any) -> Settings:
