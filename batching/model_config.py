@@ -44,6 +44,13 @@ class BatchingConfig(_Strict):
     latency_slo_ms: float | None = Field(
         None, gt=0, description="a p99 target: the worker then tunes its cap and delay online"
     )
+    bulk_batch_size: int = Field(
+        16,
+        ge=1,
+        description="rows per bulk-lane entry (at most max_batch_size): an online request "
+        "may wait behind one such batch, so fewer rows protect online latency (on a GPU, "
+        "where a batch of max_batch_size takes about as long as one row, raise it)",
+    )
 
     @property
     def bulk_level(self) -> int:

@@ -62,6 +62,9 @@ class Settings(BaseSettings):
     bulk_window: int = Field(
         8, ge=1, description="most entries a batch keeps queued in the bulk lane at once"
     )
+    bulk_nice: int = Field(
+        10, ge=0, le=19, description="bulk workers lower their CPU priority by this much"
+    )
     ingest_lease_s: float = Field(
         10.0, gt=0, description="an ingest silent this long is presumed dead and restarted"
     )

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping, Sequence
+import uuid
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
 import numpy as np
+import orjson
 
 from client import _base, _calls, _codec
 from client._calls import Call
-from client.errors import WaitTimeout
+from client.errors import WaitTimeout, error_from_response
 from client.types import JobResult, ModelInfo
 
 T = TypeVar("T")
@@ -119,6 +122,48 @@ class AsyncClient:
         timeout: float | None = None,
     ) -> dict[str, np.ndarray]:
         return await self.request(_calls.infer(model, inputs, outputs, timeout))
+
+    async def submit_batch(
+        self,
+        model: str,
+        path: str | Path,
+        *,
+        webhook_url: str | None = None,
+        priority: int | None = None,
+        idempotency_key: str | None = None,
+        on_bytes: Callable[[int], None] | None = None,
+    ) -> dict[str, Any]:
+        async def blocks() -> AsyncIterator[bytes]:
+            for block in _base.file_blocks(path, on_bytes):
+                yield block
+
+        call = _calls.submit_batch(
+            model,
+            blocks,  # type: ignore[arg-type]
+            webhook_url=webhook_url,
+            priority=priority,
+            idempotency_key=idempotency_key or uuid.uuid4().hex,
+        )
+        return await self.request(call)
+
+    async def batch(self, batch_id: str) -> dict[str, Any]:
+        return await self.request(_calls.batch(batch_id))
+
+    async def cancel_batch(self, batch_id: str) -> dict[str, Any]:
+        return await self.request(_calls.cancel_batch(batch_id))
+
+    async def batches(self, model: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
+        return (await self.request(_calls.batches(model, limit)))["batches"]
+
+    async def batch_results(self, batch_id: str) -> AsyncIterator[dict[str, Any]]:
+        path = _calls.batch_results_path(batch_id)
+        async with self._http.stream("GET", path, timeout=None) as response:
+            if response.status_code >= 400:
+                await response.aread()
+                raise error_from_response(response)
+            async for line in response.aiter_lines():
+                if line:
+                    yield orjson.loads(line)
 
     async def models(self) -> list[ModelInfo]:
         return await self.request(_calls.models())

@@ -122,6 +122,7 @@ def run_bulk_worker(settings: Settings, queues: list[str] | None = None) -> int:
         return 2
     client = redis.Redis.from_url(settings.redis_url)
     Path(settings.batch_path()).mkdir(parents=True, exist_ok=True)
+    os.nice(settings.bulk_nice)  # ingest is background work: the API and model workers go first
     stop = threading.Event()
     sweeper = Sweeper(client, settings)
     threading.Thread(target=sweeper.run, args=(stop,), name="sweeper", daemon=True).start()

@@ -2,8 +2,8 @@
 
 The file is read a line at a time from the byte offset the batch last recorded, so a
 file of a million items never sits in memory, and an ingest that died (its RQ worker
-was killed) resumes where the last fed chunk ended. Each chunk of ``max_batch_size``
-lines becomes one entry of the model's bulk lane (one entry fills one batch); lines
+was killed) resumes where the last fed chunk ended. Each chunk of ``bulk_batch_size``
+lines becomes one entry of the model's bulk lane (a worker runs one at a time); lines
 that fail validation are recorded as failed in the chunk and never reach the model.
 The lane holds at most ``bulk_window`` of a batch's entries: the ingest waits for the
 workers rather than flooding Redis with a whole file's tensors.
@@ -95,7 +95,8 @@ class Ingest:
     def feed(
         self, lines: Iterator[tuple[int, int, bytes]], fields: dict[str, str], model: PublishedModel
     ) -> str:
-        cap = model.meta.config.batching.max_batch_size
+        batching = model.meta.config.batching
+        cap = min(batching.bulk_batch_size, batching.max_batch_size)
         at_line = int(fields["fed_line"])
         chunk, rows = Chunk(), []
         for number, end_byte, raw in lines:

@@ -110,8 +110,8 @@ class ModelLoop:
     def pull(self, count: int, block_ms: int | None, *, bulk: bool = False) -> list[Entry]:
         """Online work first; one bulk entry only when asked and no online work waits.
 
-        A bulk entry is fed at ``max_batch_size`` rows, so one fills a batch: pulling
-        more would only hold them here while other workers idle and online work arrives.
+        A bulk entry is one batch (``bulk_batch_size`` rows): pulling more would only
+        hold them here while other workers idle, and make an online arrival wait longer.
         ``block_ms`` waits on every lane (any arrival wakes it) when all were empty.
         """
         b = self.batching
