@@ -30,7 +30,15 @@ import httpx
 import orjson
 from tokenizers import Tokenizer
 
-from benchmarks.common import Connection, descendants, percentiles, served, table, write_json
+from benchmarks.common import (
+    Connection,
+    descendants,
+    percentiles,
+    served,
+    table,
+    v2_body,
+    write_json,
+)
 from client import Client
 from fusion import data
 from fusion.tokenizer import encode_batch
@@ -54,21 +62,10 @@ def write_batch(path: Path, n: int, samples: list[data.Sample]) -> int:
     return path.stat().st_size
 
 
-def v2_body(sample: data.Sample, tokenizer: Tokenizer) -> bytes:
+def demo_v2_body(sample: data.Sample, tokenizer: Tokenizer) -> bytes:
     ids, mask = encode_batch(tokenizer, [sample.question])
     image = data.normalize(sample.image)[None]
-    tensors = {"input_ids": ids, "attention_mask": mask, "image": image}
-    types = {"int64": "INT64", "float32": "FP32"}
-    inputs = [
-        {
-            "name": k,
-            "shape": list(v.shape),
-            "datatype": types[v.dtype.name],
-            "data": v.ravel().tolist(),
-        }
-        for k, v in tensors.items()
-    ]
-    return orjson.dumps({"inputs": inputs})
+    return v2_body({"input_ids": ids, "attention_mask": mask, "image": image})
 
 
 def online_load(url: str, body: bytes, rate: float, seconds: float) -> dict[str, Any]:
@@ -185,7 +182,7 @@ def main() -> int:
 
     samples = data.generate(UNIQUE, data.HELD_OUT_SEED)
     tokenizer = Tokenizer.from_file(str(DEMO / "tokenizer.json"))
-    body = v2_body(samples[0], tokenizer)
+    body = demo_v2_body(samples[0], tokenizer)
     tmp = Path(tempfile.mkdtemp(prefix="fusionserve-bulk-"))
     report: dict[str, Any] = {"batches": []}
     with served(

@@ -166,3 +166,19 @@ def write_json(name: str, payload: dict[str, Any]) -> Path:
     payload = {"benchmark": name, "machine": machine(), "argv": sys.argv, **payload}
     path.write_text(json.dumps(payload, indent=2))
     return path
+
+
+def v2_body(tensors: dict[str, np.ndarray]) -> bytes:
+    """A KServe V2 JSON request body holding ``tensors`` (batch dimension included)."""
+    from batching.model_config import NUMPY_TO_V2
+
+    inputs = [
+        {
+            "name": k,
+            "shape": list(v.shape),
+            "datatype": NUMPY_TO_V2[v.dtype.name],
+            "data": v.ravel().tolist(),
+        }
+        for k, v in tensors.items()
+    ]
+    return orjson.dumps({"inputs": inputs})

@@ -19,7 +19,7 @@ import numpy as np
 import onnxruntime as ort
 import orjson
 
-from benchmarks.common import Connection, percentiles, served, table, write_json
+from benchmarks.common import Connection, percentiles, served, table, v2_body, write_json
 from fusion.tiny_models import mlp_model
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -62,21 +62,6 @@ def raw_latency(path: Path, tensors: dict[str, np.ndarray], n: int) -> list[floa
         session.run(None, tensors)
         out.append(time.perf_counter() - start)
     return out
-
-
-def v2_body(tensors: dict[str, np.ndarray]) -> bytes:
-    from batching.model_config import NUMPY_TO_V2
-
-    inputs = [
-        {
-            "name": k,
-            "shape": list(v.shape),
-            "datatype": NUMPY_TO_V2[v.dtype.name],
-            "data": v.ravel().tolist(),
-        }
-        for k, v in tensors.items()
-    ]
-    return orjson.dumps({"inputs": inputs})
 
 
 def served_latency(url: str, model: str, tensors, item, n: int) -> dict[str, list[float]]:

@@ -87,3 +87,14 @@ def demo_item(sample: data.Sample, as_tensors: bool, tokenizer: Tokenizer) -> di
             "image": data.normalize(sample.image).tolist(),
         }
     }
+
+
+def wait_settled(http: httpx.Client, batch_id: str, timeout_s: float = 300) -> dict:
+    """Poll a bulk batch until every item is final; returns its status."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        status = http.get(f"/v1/batches/{batch_id}").json()
+        if status["finished_at"] is not None:
+            return status
+        time.sleep(0.2)
+    raise TimeoutError(f"batch {batch_id} did not settle: {status}")

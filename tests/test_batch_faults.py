@@ -12,7 +12,7 @@ import orjson
 import pytest
 import redis
 from conftest import DEMO
-from helpers import demo_item, publish_then_pause
+from helpers import demo_item, publish_then_pause, wait_settled
 from tokenizers import Tokenizer
 
 from batching import keys
@@ -56,15 +56,9 @@ def wait_for(condition, what: str, timeout_s: float = 60) -> None:
         time.sleep(0.05)
 
 
-def settled(url: str, batch_id: str, timeout_s: float = 180) -> dict:
+def settled(url: str, batch_id: str) -> dict:
     with httpx.Client(base_url=url, timeout=30) as http:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            status = http.get(f"/v1/batches/{batch_id}").json()
-            if status["finished_at"] is not None:
-                return status
-            time.sleep(0.2)
-    raise TimeoutError(f"batch {batch_id} did not settle: {status}")
+        return wait_settled(http, batch_id, timeout_s=180)
 
 
 def results(url: str, batch_id: str) -> list[dict]:

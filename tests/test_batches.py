@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import threading
@@ -15,10 +16,11 @@ import numpy as np
 import orjson
 import pytest
 from conftest import DEMO, ROOT
-from helpers import demo_item, reference_logits, reference_session
+from helpers import demo_item, reference_logits, reference_session, wait_settled
 from tokenizers import Tokenizer
 
 from batching import keys, signature
+from client import AsyncClient, Client, NotFound
 from fusion import data
 
 MODEL = "demo"
@@ -66,16 +68,6 @@ def jsonl(rows: list[dict | bytes]) -> bytes:
 
 def submit(http: httpx.Client, body: bytes, **params: str) -> httpx.Response:
     return http.post("/v1/batches", params={"model": MODEL, **params}, content=body)
-
-
-def wait_settled(http: httpx.Client, batch_id: str, timeout_s: float = 300) -> dict:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        status = http.get(f"/v1/batches/{batch_id}").json()
-        if status["finished_at"] is not None:
-            return status
-        time.sleep(0.2)
-    raise TimeoutError(f"batch {batch_id} did not settle: {status}")
 
 
 def results(http: httpx.Client, batch_id: str) -> list[dict]:
@@ -355,3 +347,32 @@ def test_cli_submits_waits_and_downloads(stack, tmp_path: Path, samples, tokeniz
         [*cli, "status", "demo.batch_0000000000000000"], capture_output=True, text=True, cwd=ROOT
     )
     assert missing.returncode == 1 and "no batch" in missing.stderr
+
+
+def test_sdk_submits_follows_and_streams_batches(stack, tmp_path: Path, samples, tokenizer) -> None:
+    source = tmp_path / "sdk.jsonl"
+    items = [demo_item(s, False, tokenizer) for s in samples[:6]]
+    source.write_bytes(jsonl([{"custom_id": f"sdk-{i}", **it} for i, it in enumerate(items)]))
+    sent: list[int] = []
+    with Client(stack.url) as fs:
+        created = fs.submit_batch(MODEL, source, idempotency_key="sdk-key", on_bytes=sent.append)
+        again = fs.submit_batch(MODEL, source, idempotency_key="sdk-key")
+        assert again["batch_id"] == created["batch_id"] and sum(sent) == source.stat().st_size
+        while fs.batch(created["batch_id"])["finished_at"] is None:
+            time.sleep(0.1)
+        rows = list(fs.batch_results(created["batch_id"]))
+        assert [r["custom_id"] for r in rows] == [f"sdk-{i}" for i in range(6)]
+        assert created["batch_id"] in [b["batch_id"] for b in fs.batches(MODEL)]
+        with pytest.raises(NotFound):
+            list(fs.batch_results("demo.batch_0000000000000000"))
+
+    async def through_asyncio() -> list[dict]:
+        async with AsyncClient(stack.url) as fs:
+            batch_id = (await fs.submit_batch(MODEL, source))["batch_id"]
+            assert batch_id != created["batch_id"]  # no key given: a fresh one, a new batch
+            while (await fs.batch(batch_id))["finished_at"] is None:
+                await asyncio.sleep(0.1)
+            return [row async for row in fs.batch_results(batch_id)]
+
+    rows = asyncio.run(through_asyncio())
+    assert [r["status"] for r in rows] == ["done"] * 6
