@@ -6,7 +6,8 @@ The sweeper is what makes bulk batches durable rather than best-effort:
   is enqueued again and resumes at the batch's recorded offsets;
 - a batch that settled gets its webhook job (from the outbox ``complete.lua`` fills)
   and its keys an expiry of ``batch_retention_s``;
-- input files of batches whose records expired are deleted.
+- input files of batches whose records expired are deleted, and so are uploads an API
+  process abandoned (it died mid-request: nothing was acknowledged).
 
 RQ's own recovery of abandoned jobs waits for its maintenance interval (minutes) and
 then only retries or fails the job; the lease lets a new ingest take over within
@@ -36,6 +37,8 @@ log = logging.getLogger("fusionserve.bulk")
 
 QUEUES = (keys.BULK_QUEUE, keys.WEBHOOK_QUEUE)
 FILE_SWEEP_S = 60.0
+STALE_UPLOAD_S = 3600.0
+"""A partial upload this old was abandoned (its API process died mid-request)."""
 
 
 class Sweeper:
@@ -99,9 +102,14 @@ class Sweeper:
             return
         for path in folder.glob("*.jsonl"):
             bid = BatchId.parse(path.stem)
-            if bid is not None and not self.redis.exists(bid.key):
+            if bid is None or not _older_than(path, STALE_UPLOAD_S):
+                continue  # a file is stored just before its batch is recorded
+            if not self.redis.exists(bid.key):
                 path.unlink(missing_ok=True)
                 self.redis.zrem(keys.batches(bid.model), str(bid))
+        for path in folder.glob("*.part"):
+            if _older_than(path, STALE_UPLOAD_S):
+                path.unlink(missing_ok=True)
 
     def _lock(self) -> bool:
         ttl_ms = int(self.settings.sweep_interval_s * 3000)
@@ -114,6 +122,13 @@ class Sweeper:
 
     def _ids(self, key: str) -> list[BatchId]:
         return [b for raw in self.redis.smembers(key) if (b := BatchId.parse(raw.decode()))]
+
+
+def _older_than(path: Path, seconds: float) -> bool:
+    try:
+        return time.time() - path.stat().st_mtime > seconds
+    except FileNotFoundError:
+        return False
 
 
 def run_bulk_worker(settings: Settings, queues: list[str] | None = None) -> int:
