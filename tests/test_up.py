@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 
 import httpx
+import orjson
+from helpers import wait_settled
 from onnx_models import scale_model
 from stack import ROOT
 
@@ -65,8 +67,14 @@ def test_up_serves_and_sigterm_stops_everything(tmp_path: Path) -> None:
         assert job.status_code == 202
         result = httpx.get(f"{url}{job.json()['status_url']}", params={"wait": 10}).json()
         assert result["outputs"]["y"] == [2.0, 4.0, 6.0, 8.0]
+        lines = b"".join(b'{"inputs": {"x": [%d, 1, 1, 1]}}\n' % i for i in range(3))
+        batch = httpx.post(f"{url}/v1/batches", params={"model": "scale"}, content=lines).json()
+        with httpx.Client(base_url=url, timeout=10) as http:
+            assert wait_settled(http, batch["batch_id"], timeout_s=60)["counts"]["done"] == 3
+            rows = http.get(f"/v1/batches/{batch['batch_id']}/results").text.splitlines()
+        assert [orjson.loads(r)["outputs"]["y"][0] for r in rows] == [0.0, 2.0, 4.0]
         spawned = children(up.pid)
-        assert len(spawned) == 4  # valkey-server, the API (gunicorn master), two workers
+        assert len(spawned) == 5  # valkey-server, the API (gunicorn master), 2 workers, bulk worker
         spawned |= {grandchild for child in spawned for grandchild in children(child)}
         assert len(spawned) >= 5  # and the API's gunicorn worker processes
         assert (tmp_path / "data" / "redis").is_dir()  # the append-only file lives here
