@@ -1,4 +1,4 @@
-"""Synthetic shapes VQA: questions that need both the text and the image to answer.
+"""Synthetic shapes VQA: questions that need the text and the image (and the sound) to answer.
 
 Each sample is a 64x64 RGB picture with 1-4 coloured shapes (one per cell of a 2x2 grid,
 so they never overlap) and a templated question about it.  Three question kinds:
@@ -7,6 +7,11 @@ so they never overlap) and a templated question about it.  Three question kinds:
   hard negatives (the shape is there in another colour, or the colour on another shape);
 * colour ("what colour is the circle?") -> only asked about a shape present exactly once;
 * counting ("how many triangles are there?") -> 0..3, balanced over the counts.
+
+With the audio modality (``generate(..., modalities=ALL_MODALITIES)``) every sample also
+carries a one-second clip of 1-3 beeps of one pitch over noise, and two more kinds ask
+about it: how many beeps (1..3) and whether they are high or low. Image questions then
+come with a sound that does not matter, and audio questions with a picture that does not.
 
 Only numpy and Pillow are imported: the serving side and the tests use this without torch.
 Everything is a pure function of the seed.
@@ -19,6 +24,7 @@ import io
 import json
 import re
 import sys
+import wave
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -42,6 +48,23 @@ MAX_COUNT = 3
 
 LABELS: list[str] = ["yes", "no", *COLOURS, *(str(k) for k in range(MAX_COUNT + 1))]
 LABEL_INDEX: dict[str, int] = {label: i for i, label in enumerate(LABELS)}
+
+MODALITIES: tuple[str, ...] = ("text", "image")
+"""The default: text + image, as the shipped demo."""
+ALL_MODALITIES: tuple[str, ...] = ("text", "image", "audio")
+
+SAMPLE_RATE = 8000
+AUDIO_SAMPLES = SAMPLE_RATE  # one second
+PITCHES: dict[str, tuple[float, float]] = {"low": (300.0, 500.0), "high": (1200.0, 1800.0)}
+MAX_BEEPS = 3
+AUDIO_LABELS: tuple[str, ...] = tuple(PITCHES)
+"""Appended after LABELS, so the labels the image questions use keep their indices."""
+
+
+def labels(modalities: Sequence[str] = MODALITIES) -> list[str]:
+    """The answers a model over ``modalities`` can give (its logits, in order)."""
+    return LABELS + (list(AUDIO_LABELS) if "audio" in modalities else [])
+
 
 # Seeds: training draws batches from SeedSequence([TRAIN_SEED, step]) streams, evaluation
 # uses generate(n, HELD_OUT_SEED); the two never share a random stream.
@@ -73,6 +96,21 @@ COUNT_TEMPLATES: tuple[str, ...] = (
     "count all of the {shapes} that appear in the picture.",
 )
 
+BEEP_TEMPLATES: tuple[str, ...] = (
+    "how many beeps do you hear?",
+    "how many beeps are in the sound?",
+    "count the beeps.",
+    "how many tones can you hear in the recording?",
+)
+PITCH_TEMPLATES: tuple[str, ...] = (
+    "is the tone high or low?",
+    "are the beeps high or low?",
+    "what is the pitch of the beeps?",
+    "is the sound high pitched or low pitched?",
+)
+CAPTION_TEMPLATES: tuple[str, ...] = ("a picture of {objects}", "an image with {objects}")
+"""Captions of the pictures, for contrastive (CLIP-style) pre-training of the encoders."""
+
 _CELL = IMAGE_SIZE // 2
 _MIN_SIZE, _MAX_SIZE = 22, 25
 
@@ -85,10 +123,12 @@ class Sample:
     question: str
     label: int
     objects: tuple[tuple[str, str], ...] = ()  # (colour, shape) drawn, for checks and demos
+    audio: np.ndarray | None = None  # float32 [AUDIO_SAMPLES] at SAMPLE_RATE, in [-1, 1]
+    kind: str = ""  # exist, colour, count, beeps or pitch
 
     @property
     def answer(self) -> str:
-        return LABELS[self.label]
+        return labels(ALL_MODALITIES)[self.label]
 
 
 Scene = list[tuple[str, str]]  # (colour, shape) per object
@@ -96,11 +136,15 @@ Scene = list[tuple[str, str]]  # (colour, shape) per object
 
 def vocabulary() -> list[str]:
     """Every word the templates can produce, sorted so token ids are stable."""
-    words: set[str] = set()
-    for template in EXIST_TEMPLATES + COLOUR_TEMPLATES + COUNT_TEMPLATES:
+    words: set[str] = {"and"}  # captions join objects with it
+    templates = EXIST_TEMPLATES + COLOUR_TEMPLATES + COUNT_TEMPLATES
+    templates += BEEP_TEMPLATES + PITCH_TEMPLATES + CAPTION_TEMPLATES
+    for template in templates:
         for shape in SHAPES:
             for colour in COLOURS:
-                text = template.format(colour=colour, shape=shape, shapes=PLURALS[shape])
+                text = template.format(
+                    colour=colour, shape=shape, shapes=PLURALS[shape], objects=""
+                )
                 words.update(re.findall(r"\w+", text.lower()))
     return sorted(words)
 
@@ -177,19 +221,80 @@ def _count_query(rng: np.random.Generator) -> tuple[Scene, str, str]:
 
 
 _KINDS = (_existence, _colour_query, _count_query)
+_KIND_NAMES = ("exist", "colour", "count")
+AUDIO_KINDS = ("beeps", "pitch")
 
 
 def sample_from(rng: np.random.Generator) -> Sample:
     """Draw one sample; the question kind is uniform over existence / colour / count."""
-    scene, question, answer = _KINDS[int(rng.integers(len(_KINDS)))](rng)
+    kind = int(rng.integers(len(_KINDS)))
+    scene, question, answer = _KINDS[kind](rng)
     image = _draw(scene, rng)
-    return Sample(image, question, LABEL_INDEX[answer], tuple(scene))
+    return Sample(image, question, LABEL_INDEX[answer], tuple(scene), kind=_KIND_NAMES[kind])
 
 
-def generate(n: int, seed: int | Sequence[int]) -> list[Sample]:
-    """`n` samples, a pure function of `seed` (an int or a SeedSequence entropy list)."""
+def audio_sample_from(rng: np.random.Generator) -> Sample:
+    """A picture, a clip and a question about one of them (uniform over the five kinds)."""
+    kind = int(rng.integers(len(_KINDS) + len(AUDIO_KINDS)))
+    beeps = int(rng.integers(1, MAX_BEEPS + 1))
+    pitch = str(rng.choice(AUDIO_LABELS))
+    audio = tones(rng, beeps, pitch)
+    if kind < len(_KINDS):
+        scene, question, answer = _KINDS[kind](rng)
+        name = _KIND_NAMES[kind]
+    else:
+        scene, name = _random_scene(rng), AUDIO_KINDS[kind - len(_KINDS)]
+        if name == "beeps":
+            question, answer = str(rng.choice(BEEP_TEMPLATES)), str(beeps)
+        else:
+            question, answer = str(rng.choice(PITCH_TEMPLATES)), pitch
+    image = _draw(scene, rng)
+    index = labels(ALL_MODALITIES).index(answer)
+    return Sample(image, question, index, tuple(scene), audio=audio, kind=name)
+
+
+def tones(rng: np.random.Generator, beeps: int, pitch: str) -> np.ndarray:
+    """One second of noise with ``beeps`` beeps of one pitch, each in its own third.
+
+    Beeps keep at least 60 ms of gap between them, so they never merge into one.
+    """
+    n = AUDIO_SAMPLES
+    t = np.arange(n) / SAMPLE_RATE
+    clip = rng.normal(0.0, rng.uniform(0.01, 0.04), n)
+    frequency = rng.uniform(*PITCHES[pitch])
+    slot = n // MAX_BEEPS
+    for k in sorted(rng.permutation(MAX_BEEPS)[:beeps]):
+        length = int(rng.uniform(0.12, 0.2) * SAMPLE_RATE)
+        margin = int(0.03 * SAMPLE_RATE)
+        start = k * slot + int(rng.integers(margin, slot - length - margin))
+        ramp = int(0.01 * SAMPLE_RATE)
+        envelope = np.ones(length)
+        envelope[:ramp] = envelope[-ramp:][::-1] = np.linspace(0.0, 1.0, ramp)
+        f = frequency * rng.uniform(0.97, 1.03)
+        beep = np.sin(2 * np.pi * f * t[:length] + rng.uniform(0, 2 * np.pi))
+        clip[start : start + length] += rng.uniform(0.3, 0.8) * envelope * beep
+    return np.clip(clip, -1.0, 1.0).astype(np.float32)
+
+
+def caption(objects: Sequence[tuple[str, str]], rng: np.random.Generator) -> str:
+    """A caption naming every object of a picture, in random order."""
+    names = [f"a {colour} {shape}" for colour, shape in objects]
+    names = [names[i] for i in rng.permutation(len(names))]
+    joined = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+    return str(rng.choice(CAPTION_TEMPLATES)).format(objects=joined)
+
+
+def generate(
+    n: int, seed: int | Sequence[int], modalities: Sequence[str] = MODALITIES
+) -> list[Sample]:
+    """`n` samples, a pure function of `seed` (an int or a SeedSequence entropy list).
+
+    With "audio" among ``modalities`` every sample has a clip and 2/5 of the questions
+    are about it; without, the samples are exactly those the image-only models know.
+    """
     rng = np.random.default_rng(seed)
-    return [sample_from(rng) for _ in range(n)]
+    draw = audio_sample_from if "audio" in modalities else sample_from
+    return [draw(rng) for _ in range(n)]
 
 
 def normalize(image: np.ndarray) -> np.ndarray:
@@ -200,6 +305,17 @@ def normalize(image: np.ndarray) -> np.ndarray:
     x = image.astype(np.float32) / 255.0
     x = (x - np.asarray(IMAGE_MEAN, np.float32)) / np.asarray(IMAGE_STD, np.float32)
     return np.ascontiguousarray(np.moveaxis(x, -1, -3))
+
+
+def wav_bytes(audio: np.ndarray, rate: int = SAMPLE_RATE) -> bytes:
+    """Encode a float waveform in [-1, 1] as 16-bit mono PCM WAV (what clients upload)."""
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(rate)
+        out.writeframes((np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes())
+    return buffer.getvalue()
 
 
 def png_bytes(image: np.ndarray) -> bytes:

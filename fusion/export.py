@@ -20,13 +20,29 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from fusion.data import HELD_OUT_SEED, IMAGE_MEAN, IMAGE_SIZE, IMAGE_STD, LABELS, generate
+from fusion.data import (
+    AUDIO_SAMPLES,
+    HELD_OUT_SEED,
+    IMAGE_MEAN,
+    IMAGE_SIZE,
+    IMAGE_STD,
+    SAMPLE_RATE,
+    generate,
+    labels,
+)
+from fusion.features import input_names, model_inputs
 from fusion.models import FusionModel, parameter_count
-from fusion.tokenizer import MAX_LENGTH, PAD_ID, build_tokenizer, encode_samples
+from fusion.tokenizer import MAX_LENGTH, PAD_ID, build_tokenizer
 
 OPSET = 17
-INPUT_NAMES = ("input_ids", "attention_mask", "image")
 OUTPUT_NAME = "logits"
+DYNAMIC_AXES: dict[str, dict[int, str]] = {
+    "input_ids": {0: "batch", 1: "seq"},
+    "attention_mask": {0: "batch", 1: "seq"},
+    "image": {0: "batch"},
+    "audio": {0: "batch"},
+    OUTPUT_NAME: {0: "batch"},
+}
 PARITY_BATCH_SIZES = (1, 7, 64)
 PARITY_TOLERANCE = 1e-4
 
@@ -52,14 +68,9 @@ class ExportResult:
 def export_onnx(model: FusionModel, path: Path, opset: int = OPSET) -> Path:
     """Trace `model` to a single self-contained ONNX file with dynamic batch and seq axes."""
     model.eval()
-    # Batch 2 / length 5: nothing in the trace may specialise on a size of 1.
-    (ids, mask, image) = (torch.from_numpy(a) for a in _inputs(2, seed=0))
-    dynamic_axes = {
-        "input_ids": {0: "batch", 1: "seq"},
-        "attention_mask": {0: "batch", 1: "seq"},
-        "image": {0: "batch"},
-        OUTPUT_NAME: {0: "batch"},
-    }
+    # Batch 2: nothing in the trace may specialise on a size of 1.
+    example = _inputs(2, seed=0, modalities=model.modalities)
+    names = input_names(model.modalities)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     with torch.no_grad(), warnings.catch_warnings():
@@ -67,14 +78,14 @@ def export_onnx(model: FusionModel, path: Path, opset: int = OPSET) -> Path:
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(
             model,
-            (ids, mask, image),
+            tuple(torch.from_numpy(example[n]) for n in names),
             str(tmp),
             dynamo=False,
             external_data=False,
             opset_version=opset,
-            input_names=list(INPUT_NAMES),
+            input_names=names,
             output_names=[OUTPUT_NAME],
-            dynamic_axes=dynamic_axes,
+            dynamic_axes={n: DYNAMIC_AXES[n] for n in [*names, OUTPUT_NAME]},
         )
     onnx.checker.check_model(str(tmp))
     os.replace(tmp, path)  # readers never see a half-written model
@@ -88,9 +99,10 @@ def session(path: Path) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def _inputs(batch: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _inputs(batch: int, seed: int, modalities: tuple[str, ...]) -> dict[str, np.ndarray]:
     """Real held-out-style inputs; questions of different lengths, so rows carry padding."""
-    return encode_samples(build_tokenizer(), generate(batch, [HELD_OUT_SEED, seed]))
+    samples = generate(batch, [HELD_OUT_SEED, seed], modalities)
+    return model_inputs(build_tokenizer(), samples, modalities)
 
 
 def check_parity(
@@ -104,12 +116,10 @@ def check_parity(
     model.eval()
     diffs: dict[int, float] = {}
     for batch in batch_sizes:
-        ids, mask, image = _inputs(batch, seed=batch)
+        feeds = _inputs(batch, seed=batch, modalities=model.modalities)
         with torch.no_grad():
-            expected = model(*(torch.from_numpy(a) for a in (ids, mask, image))).numpy()
-        (actual,) = sess.run(
-            [OUTPUT_NAME], {"input_ids": ids, "attention_mask": mask, "image": image}
-        )
+            expected = model(*(torch.from_numpy(a) for a in feeds.values())).numpy()
+        (actual,) = sess.run([OUTPUT_NAME], feeds)
         diffs[batch] = float(np.abs(actual - expected).max())
     worst = max(diffs.values())
     if not worst <= tolerance:
@@ -129,12 +139,20 @@ def _toml_value(value: object) -> str:
     raise TypeError(f"no TOML form for {value!r}")
 
 
-def render_config(name: str, strategy: str, accuracy: float | None, parameters: int) -> str:
+def render_config(
+    name: str,
+    strategy: str,
+    accuracy: float | None,
+    parameters: int,
+    modalities: tuple[str, ...] = ("text", "image"),
+    extra: dict[str, object] | None = None,
+) -> str:
     """config.toml for the server: batching, instances, pre- and post-processing."""
-    training: dict[str, object] = {"strategy": strategy}
+    training: dict[str, object] = {"strategy": strategy, "modalities": list(modalities)}
     if accuracy is not None:
         training["held_out_accuracy"] = round(accuracy, 4)
     training["parameters"] = parameters
+    training |= extra or {}
     training["exported_at"] = datetime.now(UTC).isoformat(timespec="seconds")
     sections: list[tuple[str | None, dict[str, object]]] = [
         (
@@ -142,7 +160,9 @@ def render_config(name: str, strategy: str, accuracy: float | None, parameters: 
             {
                 "name": name,
                 "platform": "onnxruntime_onnx",
-                "description": f"{strategy} fusion, text + image VQA on the synthetic shapes set",
+                "description": f"{strategy} fusion, {' + '.join(modalities)} VQA on the "
+                "synthetic shapes set",
+                "modalities": list(modalities),
             },
         ),
         (
@@ -157,27 +177,8 @@ def render_config(name: str, strategy: str, accuracy: float | None, parameters: 
             },
         ),
         ("instances", {"count": 1}),
-        (
-            "preprocessing.text",
-            {
-                "tokenizer": "tokenizer.json",
-                "ids_input": "input_ids",
-                "mask_input": "attention_mask",
-                "max_length": MAX_LENGTH,
-                "pad_id": PAD_ID,
-            },
-        ),
-        (
-            "preprocessing.image",
-            {
-                "input": "image",
-                "height": IMAGE_SIZE,
-                "width": IMAGE_SIZE,
-                "mean": list(IMAGE_MEAN),
-                "std": list(IMAGE_STD),
-            },
-        ),
-        ("postprocessing", {"label_output": OUTPUT_NAME, "labels": list(LABELS)}),
+        *_preprocessing(modalities),
+        ("postprocessing", {"label_output": OUTPUT_NAME, "labels": labels(modalities)}),
         ("training", training),
     ]
     lines: list[str] = []
@@ -186,6 +187,32 @@ def render_config(name: str, strategy: str, accuracy: float | None, parameters: 
             lines += ["", f"[{header}]"]
         lines += [f"{key} = {_toml_value(value)}" for key, value in table.items()]
     return "\n".join(lines) + "\n"
+
+
+def _preprocessing(modalities: tuple[str, ...]) -> list[tuple[str, dict[str, object]]]:
+    sections: list[tuple[str, dict[str, object]]] = []
+    if "text" in modalities:
+        text = {
+            "tokenizer": "tokenizer.json",
+            "ids_input": "input_ids",
+            "mask_input": "attention_mask",
+            "max_length": MAX_LENGTH,
+            "pad_id": PAD_ID,
+        }
+        sections.append(("preprocessing.text", text))
+    if "image" in modalities:
+        image = {
+            "input": "image",
+            "height": IMAGE_SIZE,
+            "width": IMAGE_SIZE,
+            "mean": list(IMAGE_MEAN),
+            "std": list(IMAGE_STD),
+        }
+        sections.append(("preprocessing.image", image))
+    if "audio" in modalities:
+        audio = {"input": "audio", "sample_rate": SAMPLE_RATE, "samples": AUDIO_SAMPLES}
+        sections.append(("preprocessing.audio", audio))
+    return sections
 
 
 def export_to_repository(
@@ -204,5 +231,6 @@ def export_to_repository(
     build_tokenizer().save(str(tokenizer_path))
     parameters = parameter_count(model)
     config_path = model_dir / "config.toml"
-    config_path.write_text(render_config(name, strategy, accuracy, parameters))
+    config = render_config(name, strategy, accuracy, parameters, model.modalities)
+    config_path.write_text(config)
     return ExportResult(model_path, config_path, tokenizer_path, parity, parameters)
