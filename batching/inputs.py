@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import wave
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -180,10 +181,14 @@ def raw_tensors(item: Item, model: PublishedModel) -> dict[str, np.ndarray]:
     if item.image is not None:
         if pre.image is None:
             raise invalid(f"model {model.name} takes no 'image'")
-        tensors[pre.image.input] = decode_image(_base64(item.image), pre.image)[None]
+        tensors[pre.image.input] = decode_image(_base64(item.image, "image"), pre.image)[None]
+    if item.audio is not None:
+        if pre.audio is None:
+            raise invalid(f"model {model.name} takes no 'audio'")
+        tensors[pre.audio.input] = decode_audio(_base64(item.audio, "audio"), pre.audio)[None]
     needed = sorted({s.name for s in model.meta.inputs} - tensors.keys())
     if needed:
-        wanted = [k for k, v in (("text", pre.text), ("image", pre.image)) if v is not None]
+        wanted = pre.raw_modalities()
         raise invalid(f"model {model.name} needs {wanted} (missing input(s) {needed})")
     return tensors
 
@@ -205,13 +210,51 @@ def text_tensors(texts: Sequence[str], model: PublishedModel) -> dict[str, np.nd
     return assembly.stack(rows, {pre.ids_input: pre.pad_id})
 
 
-def _base64(encoded: str) -> bytes:
+def _base64(encoded: str, field: str) -> bytes:
     if "," in encoded[:64] and encoded.startswith("data:"):
         encoded = encoded.split(",", 1)[1]  # a data URL
     try:
         return base64.b64decode(encoded, validate=True)
     except (binascii.Error, ValueError):
-        raise invalid("'image' is not valid base64") from None
+        raise invalid(f"'{field}' is not valid base64") from None
+
+
+MAX_AUDIO_SECONDS = 600
+_PCM = {1: np.dtype("u1"), 2: np.dtype("<i2"), 4: np.dtype("<i4")}
+
+
+def decode_audio(data: bytes, settings: Any) -> np.ndarray:
+    """A PCM WAV file as the model's waveform: float32 [samples] in [-1, 1], mono, at
+    ``settings.sample_rate`` (band-limited FFT resampling), cut or zero-padded."""
+    try:
+        with wave.open(io.BytesIO(data), "rb") as wav:
+            channels, width, rate = wav.getnchannels(), wav.getsampwidth(), wav.getframerate()
+            frames = wav.getnframes()
+            if frames > MAX_AUDIO_SECONDS * rate:
+                raise invalid(f"'audio' is longer than {MAX_AUDIO_SECONDS} s")
+            raw = wav.readframes(frames)
+    except (wave.Error, EOFError) as exc:
+        raise invalid(f"'audio' could not be decoded as a PCM WAV file: {exc}") from None
+    if width == 3:  # 24-bit: widen each sample to 32 bits
+        padded = np.frombuffer(raw, np.uint8).reshape(-1, 3)
+        raw = np.concatenate([np.zeros((len(padded), 1), np.uint8), padded], axis=1).tobytes()
+        width = 4
+    if width not in _PCM or not raw:
+        raise invalid(
+            f"'audio' must be 8-, 16-, 24- or 32-bit PCM with samples, got {width * 8}-bit"
+        )
+    samples = np.frombuffer(raw, _PCM[width]).astype(np.float32)
+    if width == 1:
+        samples = (samples - 128.0) / 128.0
+    else:
+        samples /= float(2 ** (8 * width - 1))
+    samples = samples[: len(samples) // channels * channels].reshape(-1, channels).mean(axis=1)
+    if rate != settings.sample_rate:
+        n = max(1, round(len(samples) * settings.sample_rate / rate))
+        samples = np.fft.irfft(np.fft.rfft(samples), n) * (n / len(samples))
+    out = np.zeros(settings.samples, np.float32)
+    out[: min(len(samples), settings.samples)] = samples[: settings.samples]
+    return out
 
 
 def decode_image(data: bytes, settings: Any) -> np.ndarray:

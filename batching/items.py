@@ -15,14 +15,20 @@ class Item(BaseModel):
     inputs: dict[str, Any] | None = None
     text: str | None = None
     image: str | None = Field(None, description="base64 PNG or JPEG")
+    audio: str | None = Field(None, description="base64 WAV (PCM), resampled by the server")
 
     @model_validator(mode="after")
     def _one_form(self) -> Item:
-        raw = self.text is not None or self.image is not None
+        raw = any(v is not None for v in (self.text, self.image, self.audio))
         if self.inputs is not None and raw:
-            raise ValueError("give either 'inputs' (named tensors) or 'text'/'image', not both")
+            raise ValueError(
+                "give either 'inputs' (named tensors) or raw 'text'/'image'/'audio', not both"
+            )
         if self.inputs is None and not raw:
-            raise ValueError("an item needs 'inputs' (named tensors) or 'text' and 'image'")
+            raise ValueError(
+                "an item needs 'inputs' (named tensors) or the raw 'text', 'image', 'audio' "
+                "its model takes"
+            )
         return self
 
 

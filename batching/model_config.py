@@ -68,7 +68,18 @@ class BatchingConfig(_Strict):
 
 
 class InstancesConfig(_Strict):
+    """Where and how a worker runs the model (Triton's ``instance_group``, per worker)."""
+
     count: int = Field(1, ge=1, le=64)
+    device: int = Field(
+        0, ge=0, description="GPU ordinal (within CUDA_VISIBLE_DEVICES) for the CUDA session"
+    )
+    gpu_memory_mb: int | None = Field(
+        None, ge=64, description="cap on the CUDA memory arena of this model's session"
+    )
+    warmup: bool = Field(
+        True, description="run each preferred batch size once at load, before serving"
+    )
 
 
 class TextPreprocessing(_Strict):
@@ -88,9 +99,23 @@ class ImagePreprocessing(_Strict):
     layout: Literal["NCHW", "NHWC"] = "NCHW"
 
 
+class AudioPreprocessing(_Strict):
+    """Raw ``audio`` (a WAV file): decoded, mixed to mono, resampled to ``sample_rate``,
+    then cut or zero-padded to ``samples``. The model computes its own spectrogram."""
+
+    input: str = "audio"
+    sample_rate: int = Field(ge=1000, le=192_000)
+    samples: int = Field(ge=1, le=10_000_000)
+
+
 class Preprocessing(_Strict):
     text: TextPreprocessing | None = None
     image: ImagePreprocessing | None = None
+    audio: AudioPreprocessing | None = None
+
+    def raw_modalities(self) -> list[str]:
+        """The raw fields (``text``, ``image``, ``audio``) this model can preprocess."""
+        return [m for m in ("text", "image", "audio") if getattr(self, m) is not None]
 
 
 class Postprocessing(_Strict):
@@ -124,6 +149,8 @@ class ModelConfig(BaseModel):
     name: str
     platform: str = "onnxruntime_onnx"
     description: str = ""
+    modalities: list[Literal["text", "image", "audio"]] = []
+    """What the model needs to answer (informational; its inputs are what is enforced)."""
     batching: BatchingConfig = BatchingConfig()
     instances: InstancesConfig = InstancesConfig()
     preprocessing: Preprocessing = Preprocessing()

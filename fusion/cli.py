@@ -17,6 +17,11 @@ STRATEGY_CHOICES = ("early", "late", "cross_attention", "gated_hybrid")  # = mod
 def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of the export subcommand (the main CLI mounts them on its own subparser)."""
     parser.add_argument("--strategy", choices=STRATEGY_CHOICES, default=DEFAULT_STRATEGY)
+    parser.add_argument(
+        "--modalities",
+        default="text,image",
+        help="two or three of text, image, audio, comma-separated (default text,image)",
+    )
     parser.add_argument("--name", default="demo", help="model name in the repository")
     parser.add_argument("--version", type=int, default=1, help="model version directory")
     parser.add_argument("--model-repository", type=Path, default=Path("model_repository"))
@@ -40,16 +45,28 @@ def run_export(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     steps = args.steps if args.steps is not None else training.DEMO_STEPS
     seed = args.seed if args.seed is not None else training.TRAIN_SEED
-    print(f"training {args.strategy} for {steps} steps (seed {seed})", flush=True)
-    model, accuracy = training.train(args.strategy, steps, seed)
+    modalities = tuple(m.strip() for m in args.modalities.split(",") if m.strip())
+    print(
+        f"training {args.strategy} over {'+'.join(modalities)} for {steps} steps (seed {seed})",
+        flush=True,
+    )
+    model, accuracy = training.train(args.strategy, steps, seed, modalities=modalities)
     trained = time.perf_counter() - started
     print(f"held-out accuracy {accuracy:.4f} after {trained:.0f}s of training")
+    by_kind = training.accuracy_by_kind(model)
+    print("by question kind: " + ", ".join(f"{k} {v:.4f}" for k, v in by_kind.items()))
     if accuracy < args.min_accuracy:
         print(f"error: accuracy below --min-accuracy {args.min_accuracy}", file=sys.stderr)
         return 1
     try:
         result = export_to_repository(
-            model, args.model_repository, args.name, args.version, args.strategy, accuracy
+            model,
+            args.model_repository,
+            args.name,
+            args.version,
+            args.strategy,
+            accuracy,
+            extra={f"accuracy_{k}": round(v, 4) for k, v in by_kind.items()},
         )
     except ParityError as error:
         print(f"error: {error}", file=sys.stderr)

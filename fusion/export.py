@@ -222,6 +222,7 @@ def export_to_repository(
     version: int,
     strategy: str,
     accuracy: float | None,
+    extra: dict[str, object] | None = None,
 ) -> ExportResult:
     """Export, check parity, then write the tokenizer and config next to the versioned model."""
     model_dir = Path(repository) / name
@@ -231,6 +232,6 @@ def export_to_repository(
     build_tokenizer().save(str(tokenizer_path))
     parameters = parameter_count(model)
     config_path = model_dir / "config.toml"
-    config = render_config(name, strategy, accuracy, parameters, model.modalities)
+    config = render_config(name, strategy, accuracy, parameters, model.modalities, extra)
     config_path.write_text(config)
     return ExportResult(model_path, config_path, tokenizer_path, parity, parameters)

@@ -136,3 +136,14 @@ def train(
     if log is not None:
         log(f"{strategy}: held-out accuracy {accuracy:.4f} on {held_out} samples")
     return model, accuracy
+
+
+def accuracy_by_kind(model: FusionModel, n: int = HELD_OUT_SAMPLES) -> dict[str, float]:
+    """Held-out accuracy per question kind (exist, colour, count; beeps, pitch with audio)."""
+    samples = generate(n, HELD_OUT_SEED, model.modalities)
+    right = predictions(model, samples) == np.array([s.label for s in samples])
+    kinds = sorted({s.kind for s in samples}, key=[s.kind for s in samples].index)
+    return {
+        k: float(np.mean([r for r, s in zip(right, samples, strict=True) if s.kind == k]))
+        for k in kinds
+    }

@@ -20,7 +20,7 @@ class Submission(Item):
     @classmethod
     def _items_alone(cls, data: Any) -> Any:
         if isinstance(data, dict) and "items" in data:
-            clash = sorted({"inputs", "text", "image"} & data.keys())
+            clash = sorted({"inputs", "text", "image", "audio"} & data.keys())
             if clash:
                 raise ValueError(f"'items' cannot be combined with {clash}; put them in the items")
         return data
@@ -36,4 +36,4 @@ class Submission(Item):
     def all_items(self) -> list[Item]:
         if self.items is not None:
             return self.items
-        return [Item(inputs=self.inputs, text=self.text, image=self.image)]
+        return [Item(inputs=self.inputs, text=self.text, image=self.image, audio=self.audio)]

@@ -24,6 +24,7 @@ from batching.inputs import (
     check_batch_shape,
     check_names,
     check_shared_dims,
+    decode_audio,
     decode_image,
     text_tensors,
     to_array,
@@ -270,8 +271,12 @@ def _tensors(req: V2Request, model: PublishedModel) -> tuple[dict[str, np.ndarra
                 tensors.update(text_tensors(texts, model))
             elif pre.image is not None and t.name == pre.image.input:
                 tensors[t.name] = np.stack([decode_image(e, pre.image) for e in elements])
+            elif pre.audio is not None and t.name == pre.audio.input:
+                tensors[t.name] = np.stack([decode_audio(e, pre.audio) for e in elements])
             else:
-                raise invalid(f"input '{t.name}': BYTES is accepted only for raw text or images")
+                raise invalid(
+                    f"input '{t.name}': BYTES is accepted only for raw text, images or audio"
+                )
             continue
         spec = specs.get(t.name)
         if spec is None:
