@@ -30,6 +30,16 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seed", type=int, default=None, help="training seed")
     parser.add_argument(
+        "--variants",
+        default="",
+        help="also write compressed variants: int8, fp16 (comma-separated), as <name>_<variant>",
+    )
+    parser.add_argument(
+        "--skip-training",
+        action="store_true",
+        help="with --variants: compress the model already in the repository, train nothing",
+    )
+    parser.add_argument(
         "--min-accuracy",
         type=float,
         default=0.95,
@@ -42,10 +52,21 @@ def run_export(args: argparse.Namespace) -> int:
     from fusion import train as training
     from fusion.export import ParityError, export_to_repository
 
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = sorted(set(variants) - {"int8", "fp16"})
+    if unknown:
+        print(f"error: unknown variant(s) {unknown}; choose int8, fp16", file=sys.stderr)
+        return 2
+    if args.skip_training:
+        if not variants:
+            print("error: --skip-training needs --variants", file=sys.stderr)
+            return 2
+        return _compress(args.model_repository, args.name, variants)
     started = time.perf_counter()
-    steps = args.steps if args.steps is not None else training.DEMO_STEPS
-    seed = args.seed if args.seed is not None else training.TRAIN_SEED
     modalities = tuple(m.strip() for m in args.modalities.split(",") if m.strip())
+    default_steps = training.AUDIO_STEPS if "audio" in modalities else training.DEMO_STEPS
+    steps = args.steps if args.steps is not None else default_steps
+    seed = args.seed if args.seed is not None else training.TRAIN_SEED
     print(
         f"training {args.strategy} over {'+'.join(modalities)} for {steps} steps (seed {seed})",
         flush=True,
@@ -76,6 +97,24 @@ def run_export(args: argparse.Namespace) -> int:
     print(f"wrote {result.model_path} ({result.parameters} parameters)")
     wall = time.perf_counter() - started
     print(f"model files {result.total_bytes / 1e6:.2f} MB; wall time {wall:.0f}s")
+    return _compress(args.model_repository, args.name, variants) if variants else 0
+
+
+def _compress(repository: Path, name: str, variants: list[str]) -> int:
+    from fusion.compress import compress
+
+    if not (repository / name / "config.toml").is_file():
+        print(f"error: no model {name!r} in {repository}", file=sys.stderr)
+        return 1
+    rows = compress(repository, name, variants)
+    fp32 = rows[0]
+    print(f"{'variant':8} {'accuracy':>9} {'samples/s':>10} {'speed':>6} {'MB':>6}")
+    for row in rows:
+        speed = row.samples_per_s / fp32.samples_per_s
+        print(
+            f"{row.variant:8} {row.accuracy:9.4f} {row.samples_per_s:10.0f} "
+            f"{speed:5.2f}x {row.megabytes:6.2f}"
+        )
     return 0
 
 

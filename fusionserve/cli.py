@@ -22,7 +22,16 @@ from typing import Any
 
 from batching.settings import Settings
 
-BENCHMARKS = ("ceiling", "overhead", "capacity", "perf_analyzer", "adaptive", "bulk")
+BENCHMARKS = (
+    "ceiling",
+    "overhead",
+    "capacity",
+    "perf_analyzer",
+    "adaptive",
+    "bulk",
+    "compression",
+    "transfer",
+)
 
 
 def _settings(args: argparse.Namespace, **fields: Any) -> Settings:
