@@ -69,9 +69,29 @@ def convert_fp16(source: Path, target: Path) -> Path:
 
     target.parent.mkdir(parents=True, exist_ok=True)
     model = convert_float_to_float16(onnx.load(str(source)), keep_io_types=True)
+    _toposort(model.graph)  # the converter appends its input casts after their consumers
     onnx.save(model, str(target))
     onnx.checker.check_model(str(target))
     return target
+
+
+def _toposort(graph: onnx.GraphProto) -> None:
+    """Reorder ``graph.node`` so every node comes after the producers of its inputs."""
+    ready = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
+    pending, ordered = list(graph.node), []
+    while pending:
+        rest = []
+        for node in pending:
+            if all(name in ready for name in node.input):
+                ordered.append(node)
+                ready.update(node.output)
+            else:
+                rest.append(node)
+        if len(rest) == len(pending):
+            raise ValueError(f"graph has a cycle or a missing input at {rest[0].name}")
+        pending = rest
+    del graph.node[:]
+    graph.node.extend(ordered)
 
 
 CONVERTERS = {"int8": quantize_int8, "fp16": convert_fp16}
