@@ -146,8 +146,12 @@ def render_config(
     parameters: int,
     modalities: tuple[str, ...] = ("text", "image"),
     extra: dict[str, object] | None = None,
+    description: str | None = None,
 ) -> str:
-    """config.toml for the server: batching, instances, pre- and post-processing."""
+    """config.toml for the server: batching, instances, pre- and post-processing.
+
+    With a ``description`` (an embedding model, not a classifier) there are no labels.
+    """
     training: dict[str, object] = {"strategy": strategy, "modalities": list(modalities)}
     if accuracy is not None:
         training["held_out_accuracy"] = round(accuracy, 4)
@@ -160,8 +164,8 @@ def render_config(
             {
                 "name": name,
                 "platform": "onnxruntime_onnx",
-                "description": f"{strategy} fusion, {' + '.join(modalities)} VQA on the "
-                "synthetic shapes set",
+                "description": description
+                or f"{strategy} fusion, {' + '.join(modalities)} VQA on the synthetic shapes set",
                 "modalities": list(modalities),
             },
         ),
@@ -178,7 +182,11 @@ def render_config(
         ),
         ("instances", {"count": 1}),
         *_preprocessing(modalities),
-        ("postprocessing", {"label_output": OUTPUT_NAME, "labels": labels(modalities)}),
+        *(
+            [("postprocessing", {"label_output": OUTPUT_NAME, "labels": labels(modalities)})]
+            if description is None
+            else []
+        ),
         ("training", training),
     ]
     lines: list[str] = []

@@ -185,3 +185,43 @@ def export_dual_encoder(model: DualEncoder, path: Path) -> Path:
     onnx.checker.check_model(str(tmp))
     os.replace(tmp, path)
     return path
+
+
+EMBEDDING_DESCRIPTION = (
+    "CLIP-style dual encoder: L2-normalised text and image embeddings and their cosine "
+    "similarity, pre-trained contrastively on captions of the synthetic shapes set"
+)
+
+
+def export_embedding_model(
+    model: DualEncoder, repository: Path, name: str, version: int = 1, tolerance: float = 1e-4
+) -> tuple[Path, float]:
+    """Write the dual encoder as a served model; returns (model path, worst parity diff)."""
+    import onnxruntime as ort
+
+    from fusion.export import render_config
+    from fusion.models import parameter_count
+
+    directory = Path(repository) / name
+    path = export_dual_encoder(model, directory / str(version) / "model.onnx")
+    feeds = model_inputs(build_tokenizer(), generate(7, [TRAIN_SEED, 6]), MODALITIES)
+    with torch.no_grad():
+        expected = [t.numpy() for t in model(*(torch.from_numpy(a) for a in feeds.values()))]
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(list(OUTPUTS), feeds)
+    worst = max(float(np.abs(a - b).max()) for a, b in zip(got, expected, strict=True))
+    if worst > tolerance:
+        raise AssertionError(f"ONNX Runtime vs torch max abs diff {worst} exceeds {tolerance}")
+    build_tokenizer().save(str(directory / "tokenizer.json"))
+    retrieval = retrieval_accuracy(model)
+    config = render_config(
+        name,
+        "dual_encoder",
+        None,
+        parameter_count(model),
+        MODALITIES,
+        {"caption_retrieval_top1_of_256": round(retrieval, 4)},
+        description=EMBEDDING_DESCRIPTION,
+    )
+    (directory / "config.toml").write_text(config)
+    return path, worst
