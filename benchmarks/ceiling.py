@@ -6,6 +6,10 @@ saturation, driven by wrk on loopback in two shapes: single-row ``/v2`` requests
 from many connections (dynamic batching has to form the batches) and ``/v1`` lists
 of raw text + PNG items (server-side preprocessing). Prints served ÷ raw.
 
+Raw ORT runs on the providers a worker would choose (CUDA on a GPU host), at each of
+``--batch-sizes``: the best one is the ceiling, and best ÷ batch 1 is what batching can
+gain on this hardware (large on a GPU, small on a CPU).
+
 Models: the shipped demo model, and a larger cross-attention model (about 5.5 M
 parameters, random weights: speed does not depend on training) exported here.
 
@@ -71,16 +75,41 @@ def samples(n: int, repository: Path, name: str):
     return rows, {"input_ids": ids, "attention_mask": mask, "image": images}
 
 
-def raw_throughput(path: Path, batch: dict[str, np.ndarray], threads: int, seconds: float) -> float:
+def raw_session(path: Path, threads: int) -> ort.InferenceSession:
+    from worker.runtime import choose_providers
+
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
-    session = ort.InferenceSession(str(path), options)
+    return ort.InferenceSession(str(path), options, providers=choose_providers())
+
+
+def raw_throughput(
+    session: ort.InferenceSession, batch: dict[str, np.ndarray], seconds: float
+) -> float:
     session.run(None, batch)
     rows, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
         session.run(None, batch)
         rows += len(batch["image"])
     return rows / (time.perf_counter() - start)
+
+
+def raw_sweep(
+    path: Path, batch: dict[str, np.ndarray], sizes: list[int], threads: int, seconds: float
+) -> dict[int, float]:
+    """Rows/s of in-process ORT at each batch size (a batch of n is its first n rows)."""
+    session = raw_session(path, threads)
+    per_size = {}
+    for n in sizes:
+        rows = {k: np.ascontiguousarray(np.resize(v, (n, *v.shape[1:]))) for k, v in batch.items()}
+        per_size[n] = raw_throughput(session, rows, seconds)
+    return per_size
+
+
+def raw_session_providers() -> list[str]:
+    from worker.runtime import choose_providers
+
+    return choose_providers()
 
 
 def v2_single_row(batch: dict[str, np.ndarray]) -> str:
@@ -112,9 +141,15 @@ def main() -> int:
     parser.add_argument("--ort-threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--list-size", type=int, default=16)
+    parser.add_argument(
+        "--batch-sizes", default="1,64", help="raw ORT batch sizes (the served cap is 64)"
+    )
     args = parser.parse_args()
+    sizes = sorted({int(b) for b in args.batch_sizes.split(",")} | {1})
     if not shutil.which("wrk"):
         parser.error("needs wrk on PATH (Debian package: wrk)")
+    if any(b > 64 for b in sizes):
+        print("note: the served model's max_batch_size is 64; larger raw batches are reference")
     rows_out = []
     with tempfile.TemporaryDirectory() as tmp:
         repository = Path(tmp)
@@ -127,7 +162,9 @@ def main() -> int:
             max_batch = 64
             rows, batch = samples(max_batch, repository, name)
             onnx_path = repository / name / "1" / "model.onnx"
-            raw = raw_throughput(onnx_path, batch, args.ort_threads, args.duration / 2)
+            sweep = raw_sweep(onnx_path, batch, sizes, args.ort_threads, args.duration / 4)
+            best = max(sweep, key=sweep.__getitem__)
+            raw = sweep[best]
             with served(repository, name, ort_threads=args.ort_threads) as stack:
                 v2_url = f"{stack.url}/v2/models/{name}/infer"
                 v2_script = V2_SCRIPT.format(body=v2_single_row(batch))
@@ -158,7 +195,12 @@ def main() -> int:
                         "model": name,
                         "parameters": params.get(name),
                         "client": shape,
+                        "providers": "+".join(
+                            p.removesuffix("ExecutionProvider") for p in raw_session_providers()
+                        ),
+                        "raw_best_batch": best,
                         "raw_ort_per_s": round(raw),
+                        "batching_gain": round(raw / sweep[1], 2),
                         "served_per_s": round(per_s),
                         "served_over_raw": round(per_s / raw, 3),
                         **cores,
