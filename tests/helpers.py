@@ -51,7 +51,7 @@ def publish_then_pause(stack, model: str) -> None:
     """Start a worker so the model is published, then stop it: work queues until one returns."""
     import signal
 
-    worker = stack.start_worker()
+    worker = stack.start_worker(model)
     stack.wait_ready(model, 1)
     worker.send_signal(signal.SIGTERM)
     worker.wait(30)

@@ -22,7 +22,7 @@ def api(module_stack_factory, module_redis) -> Iterator[tuple[httpx.Client, obje
         DEMO.parent, FUSIONSERVE_MAX_ITEMS="8", FUSIONSERVE_MAX_BODY_BYTES=str(1024 * 1024)
     )
     stack.start_api()
-    stack.start_worker()
+    stack.start_worker(MODEL)
     stack.wait_ready(MODEL, 1)
     with httpx.Client(base_url=stack.url, timeout=30) as http:
         yield http, module_redis

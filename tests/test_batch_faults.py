@@ -109,7 +109,7 @@ def test_sigkill_of_rq_worker_and_api_mid_ingest_counts_every_item_once(
 
     stack.start_api()
     stack.start_bulk_worker()
-    stack.start_worker()
+    stack.start_worker(MODEL)
     status = settled(stack.url, batch_id)
     assert status["status"] == "completed"
     assert status["counts"]["done"] == 2000
@@ -140,7 +140,7 @@ def test_cancel_stops_the_batch_and_what_finished_stays_readable(
     stack.start_bulk_worker()
     batch_id = submit(stack.url, batch_body)
     wait_for(lambda: field(redis_client, batch_id, "fed") > 0, "the ingest never fed a chunk")
-    worker = stack.start_worker()
+    worker = stack.start_worker(MODEL)
     wait_for(lambda: field(redis_client, batch_id, "done") > 0, "no item finished")
     worker.send_signal(signal.SIGSTOP)  # whatever it holds stays held while we cancel
     response = httpx.delete(f"{stack.url}/v1/batches/{batch_id}", timeout=30)
@@ -172,14 +172,14 @@ def test_sigkill_of_a_model_worker_mid_batch_loses_no_item(
 ) -> None:
     stack = bulk_stack(stack_factory, tmp_path, FUSIONSERVE_VISIBILITY_TIMEOUT_S="2")
     stack.start_api()
-    victim = stack.start_worker()
+    victim = stack.start_worker(MODEL)
     stack.wait_ready(MODEL, 1)
     stack.start_bulk_worker()
     batch_id = submit(stack.url, batch_body)
     wait_for(lambda: field(redis_client, batch_id, "done") > 0, "no item finished")
     victim.kill()
     victim.wait()
-    stack.start_worker()
+    stack.start_worker(MODEL)
     status = settled(stack.url, batch_id)
     assert status["status"] == "completed"
     assert status["counts"]["done"] == 2000

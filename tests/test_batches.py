@@ -39,8 +39,8 @@ def stack(module_stack_factory, tmp_path_factory):
         FUSIONSERVE_SWEEP_INTERVAL_S="0.2",
     )
     stack.start_api(processes=2)
-    stack.start_worker()
-    stack.start_worker()
+    stack.start_worker(MODEL)
+    stack.start_worker(MODEL)
     stack.wait_ready(MODEL, 2)
     stack.start_bulk_worker()
     return stack

@@ -23,8 +23,8 @@ N_ITEMS = 300
 def demo_stack(stack_factory):
     stack = stack_factory(DEMO.parent)
     stack.start_api(processes=2)
-    stack.start_worker()
-    stack.start_worker()
+    stack.start_worker(MODEL)
+    stack.start_worker(MODEL)
     stack.wait_ready(MODEL, 2)
     return stack
 

@@ -23,7 +23,7 @@ MODEL = "demo"
 def triton(module_stack_factory) -> Iterator:
     stack = module_stack_factory(DEMO.parent)
     stack.start_api()
-    stack.start_worker()
+    stack.start_worker(MODEL)
     stack.wait_ready(MODEL, 1)
     client = httpclient.InferenceServerClient(stack.url.removeprefix("http://"))
     yield client
