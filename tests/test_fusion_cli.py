@@ -40,3 +40,43 @@ def test_export_writes_the_repository_layout(tmp_path: Path, capsys) -> None:
     assert config["name"] == "m" and config["training"]["strategy"] == "late"
     out = capsys.readouterr().out
     assert "parity batch 64" in out and "held-out accuracy" in out
+
+
+def test_three_modalities_export_with_audio_preprocessing(tmp_path: Path, capsys) -> None:
+    argv = ("--modalities", "text,image,audio", "--name", "av", "--steps", "2")
+    assert (
+        cli.run_export(_args(*argv, "--model-repository", str(tmp_path), "--min-accuracy", "0"))
+        == 0
+    )
+    config = tomllib.loads((tmp_path / "av" / "config.toml").read_text())
+    assert config["modalities"] == ["text", "image", "audio"]
+    assert config["preprocessing"]["audio"]["sample_rate"] == 8000
+    assert config["postprocessing"]["labels"][-2:] == ["low", "high"]
+    assert "beeps" in capsys.readouterr().out  # accuracy per question kind, audio ones too
+
+
+def test_variants_compress_a_model_already_in_the_repository(tmp_path: Path, capsys) -> None:
+    import shutil
+
+    from conftest import DEMO
+
+    shutil.copytree(DEMO, tmp_path / "demo")
+    args = _args("--variants", "int8", "--skip-training", "--model-repository", str(tmp_path))
+    assert cli.run_export(args) == 0
+    assert (tmp_path / "demo_int8" / "1" / "model.onnx").is_file()
+    assert not (tmp_path / "demo_fp16").exists()
+    out = capsys.readouterr().out
+    assert "fp32" in out and "int8" in out
+    bad = _args("--variants", "int4", "--skip-training", "--model-repository", str(tmp_path))
+    assert cli.run_export(bad) == 2
+    alone = _args("--skip-training", "--model-repository", str(tmp_path))
+    assert cli.run_export(alone) == 2
+
+
+def test_embedding_task_exports_the_dual_encoder(tmp_path: Path, capsys) -> None:
+    argv = ("--task", "embedding", "--name", "clip", "--pretrain-steps", "3")
+    assert cli.run_export(_args(*argv, "--model-repository", str(tmp_path))) == 0
+    config = tomllib.loads((tmp_path / "clip" / "config.toml").read_text())
+    assert "postprocessing" not in config
+    assert "caption_retrieval_top1_of_256" in config["training"]
+    assert "parity: max abs diff" in capsys.readouterr().out
