@@ -73,3 +73,17 @@ def test_the_server_serves_a_variant_like_any_model(stack_factory, repository) -
         answers = [http.get(f"/v1/jobs/{i}", params={"wait": 20}).json() for i in ids]
     right = [a["labels"][0]["label"] == s.answer for a, s in zip(answers, samples, strict=True)]
     assert np.mean(right) >= 0.9
+
+
+def test_three_modality_int8_keeps_the_spectrogram_in_fp32(tmp_path) -> None:
+    import onnx
+
+    from fusion.compress import spectrogram_matmuls
+
+    avqa = DEMO.parent / "avqa"
+    source = avqa / "1" / "model.onnx"
+    assert spectrogram_matmuls(onnx.load(str(source)).graph) == ["/audio/MatMul"]
+    path = quantize_int8(source, tmp_path / "int8.onnx")
+    fp32, _ = evaluate_onnx(source, avqa, samples=SAMPLES)
+    int8, _ = evaluate_onnx(path, avqa, samples=SAMPLES)
+    assert fp32 >= 0.95 and abs(int8 - fp32) <= 0.01
