@@ -135,18 +135,27 @@ Scene = list[tuple[str, str]]  # (colour, shape) per object
 
 
 def vocabulary() -> list[str]:
-    """Every word the templates can produce, sorted so token ids are stable."""
-    words: set[str] = {"and"}  # captions join objects with it
-    templates = EXIST_TEMPLATES + COLOUR_TEMPLATES + COUNT_TEMPLATES
-    templates += BEEP_TEMPLATES + PITCH_TEMPLATES + CAPTION_TEMPLATES
-    for template in templates:
-        for shape in SHAPES:
-            for colour in COLOURS:
-                text = template.format(
-                    colour=colour, shape=shape, shapes=PLURALS[shape], objects=""
-                )
-                words.update(re.findall(r"\w+", text.lower()))
-    return sorted(words)
+    """Every word the templates can produce, in a stable order: token ids never move.
+
+    The words of the image questions come first, sorted (the ids the shipped demo was
+    trained with); the words audio questions and captions added come after them, so a
+    tokenizer saved with a newer model still encodes older models' questions the same.
+    """
+
+    def words(templates: Sequence[str]) -> set[str]:
+        found: set[str] = set()
+        for template in templates:
+            for shape in SHAPES:
+                for colour in COLOURS:
+                    text = template.format(
+                        colour=colour, shape=shape, shapes=PLURALS[shape], objects=""
+                    )
+                    found.update(re.findall(r"\w+", text.lower()))
+        return found
+
+    base = words(EXIST_TEMPLATES + COLOUR_TEMPLATES + COUNT_TEMPLATES)
+    added = words(BEEP_TEMPLATES + PITCH_TEMPLATES + CAPTION_TEMPLATES) | {"and"}
+    return sorted(base) + sorted(added - base)
 
 
 def _draw(scene: Scene, rng: np.random.Generator) -> np.ndarray:

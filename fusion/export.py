@@ -67,10 +67,23 @@ class ExportResult:
 
 def export_onnx(model: FusionModel, path: Path, opset: int = OPSET) -> Path:
     """Trace `model` to a single self-contained ONNX file with dynamic batch and seq axes."""
-    model.eval()
     # Batch 2: nothing in the trace may specialise on a size of 1.
     example = _inputs(2, seed=0, modalities=model.modalities)
     names = input_names(model.modalities)
+    axes = {n: DYNAMIC_AXES[n] for n in [*names, OUTPUT_NAME]}
+    return trace_to_onnx(model, {n: example[n] for n in names}, path, [OUTPUT_NAME], axes, opset)
+
+
+def trace_to_onnx(
+    model: torch.nn.Module,
+    example: dict[str, np.ndarray],
+    path: Path,
+    outputs: list[str],
+    dynamic_axes: dict[str, dict[int, str]],
+    opset: int = OPSET,
+) -> Path:
+    """Trace ``model`` on ``example`` (its inputs, in order) to one checked ONNX file."""
+    model.eval()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     with torch.no_grad(), warnings.catch_warnings():
@@ -78,14 +91,14 @@ def export_onnx(model: FusionModel, path: Path, opset: int = OPSET) -> Path:
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(
             model,
-            tuple(torch.from_numpy(example[n]) for n in names),
+            tuple(torch.from_numpy(a) for a in example.values()),
             str(tmp),
             dynamo=False,
             external_data=False,
             opset_version=opset,
-            input_names=names,
-            output_names=[OUTPUT_NAME],
-            dynamic_axes={n: DYNAMIC_AXES[n] for n in [*names, OUTPUT_NAME]},
+            input_names=list(example),
+            output_names=outputs,
+            dynamic_axes=dynamic_axes,
         )
     onnx.checker.check_model(str(tmp))
     os.replace(tmp, path)  # readers never see a half-written model

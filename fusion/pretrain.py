@@ -13,18 +13,16 @@ embeddings and their cosine similarity (``export_dual_encoder``).
 from __future__ import annotations
 
 import math
-import os
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
-import onnx
 import torch
 from torch import Tensor, nn
 
 from fusion.data import MODALITIES, TRAIN_SEED, caption, generate, labels
+from fusion.export import trace_to_onnx
 from fusion.features import model_inputs
 from fusion.models import (
     FusionModel,
@@ -35,6 +33,7 @@ from fusion.models import (
     masked_mean,
 )
 from fusion.tokenizer import build_tokenizer, encode_batch
+from fusion.train import apply_step
 
 EMBED_DIM = 64
 PRETRAIN_STEPS = 1500
@@ -117,13 +116,7 @@ def pretrain(
         text, image, _ = model(
             torch.from_numpy(ids), torch.from_numpy(mask), torch.from_numpy(normalize(images))
         )
-        loss = info_nce(text, image, model.logit_scale)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        running += loss.item()
+        running += apply_step(info_nce(text, image, model.logit_scale), model, optimizer, schedule)
         if log is not None and (step + 1) % log_every == 0:
             elapsed = time.perf_counter() - started
             log(f"pretrain step {step + 1}/{steps} loss {running / log_every:.4f} ({elapsed:.0f}s)")
@@ -164,27 +157,9 @@ def export_dual_encoder(model: DualEncoder, path: Path) -> Path:
     model.eval()
     samples = generate(2, [TRAIN_SEED, 5])
     example = model_inputs(build_tokenizer(), samples, MODALITIES)
-    names = list(example)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
     axes = {"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"}}
     axes |= {"image": {0: "batch"}} | {o: {0: "batch"} for o in OUTPUTS}
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(
-            model,
-            tuple(torch.from_numpy(example[n]) for n in names),
-            str(tmp),
-            dynamo=False,
-            external_data=False,
-            opset_version=17,
-            input_names=names,
-            output_names=list(OUTPUTS),
-            dynamic_axes=axes,
-        )
-    onnx.checker.check_model(str(tmp))
-    os.replace(tmp, path)
-    return path
+    return trace_to_onnx(model, example, path, list(OUTPUTS), axes)
 
 
 EMBEDDING_DESCRIPTION = (

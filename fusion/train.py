@@ -63,6 +63,21 @@ def evaluate(model: FusionModel, samples: Sequence[Sample], batch_size: int = 25
     return float((predictions(model, samples, batch_size) == truth).mean()) if samples else 0.0
 
 
+def apply_step(
+    loss: torch.Tensor,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    schedule: torch.optim.lr_scheduler.LRScheduler,
+) -> float:
+    """One optimiser step on ``loss`` (gradients clipped to norm 1); returns the loss."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    schedule.step()
+    return loss.item()
+
+
 def _lr_factor(step: int, steps: int, warmup: int) -> float:
     """Linear warm-up, then cosine decay to zero: stable start, sharp finish."""
     if step < warmup:
@@ -121,12 +136,7 @@ def train(
             batch = [train_samples[i] for i in picks]
         targets = torch.from_numpy(np.array([s.label for s in batch], dtype=np.int64))
         loss = loss_fn(model(*tensors(batch, tokenizer, modalities)), targets)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        running += loss.item()
+        running += apply_step(loss, model, optimizer, schedule)
         if log is not None and (step + 1) % log_every == 0:
             elapsed = time.perf_counter() - started
             log(f"step {step + 1}/{steps} loss {running / log_every:.4f} ({elapsed:.0f}s)")

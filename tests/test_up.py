@@ -85,5 +85,9 @@ def test_up_serves_and_sigterm_stops_everything(tmp_path: Path) -> None:
             time.sleep(0.1)
         assert not [p for p in spawned if alive(p)]
     finally:
-        if up.poll() is None:
-            up.kill()
+        if up.poll() is None:  # a failed assertion: stop it the way users do, children too
+            up.terminate()
+            try:
+                up.wait(30)
+            except subprocess.TimeoutExpired:
+                up.kill()
