@@ -119,3 +119,32 @@ def test_serving_side_modules_do_not_import_torch() -> None:
         "assert 'torch' not in sys.modules, 'torch imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_audio_samples_hold_what_their_answers_say() -> None:
+    """Beeps counted by an energy detector and pitch by the dominant frequency agree."""
+    from fusion.tokenizer import UNK_ID, build_tokenizer
+
+    samples = data.generate(400, 21, data.ALL_MODALITIES)
+    kinds = {s.kind for s in samples}
+    assert kinds == {"exist", "colour", "count", "beeps", "pitch"}
+    tokenizer = build_tokenizer()
+    for s in samples:
+        assert s.audio is not None and s.audio.shape == (data.AUDIO_SAMPLES,)
+        assert s.audio.dtype == np.float32 and np.abs(s.audio).max() <= 1.0
+        assert UNK_ID not in tokenizer.encode(s.question).ids, s.question
+        frames = np.abs(s.audio[: 8000 // 80 * 80]).reshape(-1, 80).max(axis=1) > 0.2
+        beeps = int(np.sum(frames[1:] & ~frames[:-1]) + frames[0])
+        spectrum = np.abs(np.fft.rfft(s.audio))
+        hz = np.fft.rfftfreq(len(s.audio), 1 / data.SAMPLE_RATE)[spectrum.argmax()]
+        if s.kind == "beeps":
+            assert s.answer == str(beeps)
+        elif s.kind == "pitch":
+            assert s.answer == ("high" if hz > 1000 else "low")
+
+
+def test_image_only_samples_are_unchanged_by_the_audio_modality() -> None:
+    """The image-only stream is what the shipped demo was trained and tested on."""
+    plain = generate(30, 9)
+    assert all(s.audio is None for s in plain)
+    assert [s.label for s in plain] == [s.label for s in generate(30, 9, ("text", "image"))]
