@@ -97,3 +97,26 @@ def test_the_dual_encoder_is_served_as_an_embedding_model(stack_factory, tmp_pat
         assert abs(np.linalg.norm(text) - 1) < 1e-4 and abs(np.linalg.norm(image) - 1) < 1e-4
         assert abs(float(text @ image) - row["outputs"]["similarity"]) < 1e-4
         assert "labels" not in row
+
+
+def test_the_shipped_embedding_model_matches_pictures_to_their_captions() -> None:
+    import onnxruntime as ort
+    from conftest import DEMO
+
+    from fusion.features import model_inputs
+
+    clip = DEMO.parent / "clip"
+    session = ort.InferenceSession(
+        str(clip / "1" / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
+    tokenizer = Tokenizer.from_file(str(clip / "tokenizer.json"))
+    captions, images = caption_batch(64, [data.HELD_OUT_SEED, 3])
+    samples = [
+        data.Sample(image=im, question=c, label=0) for c, im in zip(captions, images, strict=True)
+    ]
+    feeds = model_inputs(tokenizer, samples, ("text", "image"))
+    text, image, similarity = session.run(None, feeds)
+    assert text.shape == image.shape == (64, 64) and similarity.shape == (64,)
+    nearest = (image @ text.T).argmax(axis=1)
+    assert (nearest == np.arange(64)).mean() > 0.4  # chance: 1/64
+    assert np.allclose(similarity, (text * image).sum(axis=1), atol=1e-5)
