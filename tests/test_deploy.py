@@ -95,7 +95,7 @@ def test_keda_scales_workers_on_every_stream_of_the_model() -> None:
     [worker] = [
         d
         for d in docs
-        if ("Deployment", "fusionserve-worker") == (d["kind"], d["metadata"]["name"])
+        if (d["kind"], d["metadata"]["name"]) == ("Deployment", "fusionserve-worker")
     ]
     env = {e["name"] for e in worker["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert {"REDIS_URL", "REDIS_ADDRESS", "REDIS_PASSWORD"} <= env
