@@ -7,6 +7,7 @@ shape before it views the buffer.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -31,6 +32,7 @@ DTYPES: dict[str, np.dtype] = {
     )
 }
 MAX_RANK = 8
+MAX_ELEMENTS = 1 << 32
 
 
 class CodecError(ValueError):
@@ -41,7 +43,7 @@ def tensor_to_wire(array: np.ndarray) -> dict[str, Any]:
     name = array.dtype.name
     if name not in DTYPES:
         raise CodecError(f"unsupported dtype {name}")
-    data = np.ascontiguousarray(array, dtype=DTYPES[name])
+    data = np.asarray(array, dtype=DTYPES[name], order="C")  # keeps 0-d arrays 0-d
     return {"dtype": name, "shape": list(data.shape), "data": data.tobytes()}
 
 
@@ -56,7 +58,9 @@ def tensor_from_wire(frame: Mapping[str, Any]) -> np.ndarray:
         raise CodecError("tensor data must be bytes")
     if len(shape) > MAX_RANK or any(d < 0 for d in shape):
         raise CodecError(f"invalid shape {list(shape)}")
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if math.prod(d for d in shape if d) > MAX_ELEMENTS:  # Python ints: no overflow
+        raise CodecError(f"shape {list(shape)} is larger than any tensor accepted")
+    expected = math.prod(shape) * dtype.itemsize
     if expected != len(data):
         raise CodecError(
             f"shape {list(shape)} of {dtype.name} needs {expected} bytes, got {len(data)}"

@@ -22,6 +22,8 @@ from server.errors import bad_request
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 MAX_BYTES_ELEMENTS = 1 << 20
+MAX_RANK = 8
+MAX_ELEMENTS = 1 << 32
 
 
 def split_body(body: bytes, header_length: str | None) -> tuple[dict[str, Any], memoryview]:
@@ -68,6 +70,9 @@ def decode_binary_inputs(inputs: list[dict[str, Any]], binary: memoryview) -> No
 def from_bytes(chunk: memoryview, datatype: Any, shape: Any, name: Any) -> np.ndarray:
     if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
         raise bad_request(f"input '{name}': shape must be a list of non-negative integers")
+    if len(shape) > MAX_RANK or math.prod(d for d in shape if d) > MAX_ELEMENTS:
+        # checked before numpy sees it: [0, 2**40, 2**40] holds nothing but cannot exist
+        raise bad_request(f"input '{name}': shape {shape} is larger than any tensor accepted")
     count = math.prod(shape)
     if datatype == "BYTES":
         return np.array(bytes_elements(chunk, count, name), dtype=object).reshape(shape)
