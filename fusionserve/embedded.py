@@ -26,21 +26,32 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 class EmbeddedRedis:
-    def __init__(self, data_dir: Path, port: int | None = None, appendonly: bool = True) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        port: int | None = None,
+        appendonly: bool = True,
+        *,
+        bind: str = "127.0.0.1",
+        password: str | None = None,
+    ) -> None:
         self.data_dir = Path(data_dir)
         self.port = port or free_port()
         self.appendonly = appendonly
+        self.bind = bind
+        self.password = password
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def start(self, timeout_s: float = 10.0) -> EmbeddedRedis:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         args = [
             str(get_binary_path()),
-            "--bind", "127.0.0.1",
+            "--bind", *self.bind.split(),
             "--port", str(self.port),
             "--hz", "100",
             "--dir", str(self.data_dir.resolve()),
@@ -49,6 +60,7 @@ class EmbeddedRedis:
             "--save", "",
             "--daemonize", "no",
             "--loglevel", "warning",
+            *(["--requirepass", self.password] if self.password else []),
         ]  # fmt: skip
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         client = redis.Redis.from_url(self.url)
@@ -66,7 +78,7 @@ class EmbeddedRedis:
                     raise RuntimeError("embedded valkey-server did not start in time") from None
                 time.sleep(0.02)
         client.close()
-        log.info("embedded Valkey on %s (data in %s)", self.url, self.data_dir)
+        log.info("embedded Valkey on port %d (data in %s)", self.port, self.data_dir)
         return self
 
     def stop(self, timeout_s: float = 10.0) -> None:

@@ -38,11 +38,16 @@ class LocalStack:
         self.url = ""
 
     def _spawn(
-        self, name: str, *args: str, new_session: bool = False, **env: str
+        self,
+        name: str,
+        *args: str,
+        new_session: bool = False,
+        wrap: tuple[str, ...] = (),
+        **env: str,
     ) -> subprocess.Popen[bytes]:
         log = (self.logs / f"{name}-{len(self.procs)}.log").open("wb")
         proc = subprocess.Popen(
-            [sys.executable, "-m", "fusionserve.cli", *args],
+            [*wrap, sys.executable, "-m", "fusionserve.cli", *args],
             env={**self.env, **env},
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -65,8 +70,11 @@ class LocalStack:
                 time.sleep(0.1)
         raise RuntimeError(f"API did not come up; see {self.logs}")
 
-    def start_worker(self, *models: str, **env: str) -> subprocess.Popen[bytes]:
-        proc = self._spawn("worker", "worker", *models, **env)
+    def start_worker(
+        self, *models: str, wrap: tuple[str, ...] = (), **env: str
+    ) -> subprocess.Popen[bytes]:
+        """A model worker; ``wrap`` prefixes its command (e.g. ``ip netns exec NS``)."""
+        proc = self._spawn("worker", "worker", *models, wrap=wrap, **env)
         self.workers.append(proc)
         return proc
 
