@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Flask
 
 from batching.settings import Settings, get_settings
-from server import batches, health, metrics, repository, v1, v2
+from server import batches, health, metrics, openapi, repository, v1, v2
 from server.errors import register_error_handlers
 from server.jsonio import OrjsonProvider
 from server.services import Services
@@ -24,4 +24,5 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(v2.bp)
     app.register_blueprint(repository.bp)
     app.register_blueprint(metrics.bp)
+    app.register_blueprint(openapi.bp)
     return app

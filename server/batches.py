@@ -8,6 +8,7 @@ feeds them to the model's bulk lane. Results come back as JSONL in input order.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import time
 from collections.abc import Iterable, Iterator
@@ -35,6 +36,8 @@ RESULT_CHUNKS = 64
 """Chunks read per Redis round trip while streaming results."""
 MAX_LIST = 100
 BLOCK = 1 << 20
+MAX_TIME_S = 1e11
+"""Later than any created_at (year 5138): bounds ``?before=``."""
 
 
 @bp.post("")
@@ -200,9 +203,12 @@ def list_batches():
         raise invalid(f"limit must be 1..{MAX_LIST}")
     before = request.args.get("before")
     try:
-        before_ms = int(float(before) * 1000) if before else None
+        before_s = float(before) if before else None
     except ValueError:
-        raise invalid(f"before must be a created_at time (unix seconds), got {before!r}") from None
+        before_s = math.nan
+    if before_s is not None and not (math.isfinite(before_s) and 0 <= before_s <= MAX_TIME_S):
+        raise invalid(f"before must be a created_at time (unix seconds), got {before!r}")
+    before_ms = int(before_s * 1000) if before_s is not None else None
     name = request.args.get("model")
     models = [name] if name else svc.registry.names()
     found = [
