@@ -82,6 +82,8 @@ class JobView:
     rows: int
     priority: int
     result: dict[str, Any] | None
+    tenant: str = ""
+    """The API key that submitted it ("" with access control off)."""
 
 
 @dataclass
@@ -109,6 +111,8 @@ class NewEntry:
     """The exact model version asked for; 0 runs on the newest one loaded."""
     idempotency: tuple[str, str, int] | None = None
     """(Redis key, what it remembers, seconds): a key seen before adds nothing (Replayed)."""
+    tenant: str = ""
+    """The API key submitting it: only that key may read or cancel the job."""
 
     def script_args(self) -> tuple[list[str], list[Any]]:
         """KEYS and ARGV of ``submit.lua``."""
@@ -125,6 +129,7 @@ class NewEntry:
             keys.pinned(self.model, ""),
             keys.accepting(self.model),
             *(self.idempotency or ("", "", 0)),
+            self.tenant,
         ]
         return [keys.outcomes(self.model), keys.stream(self.model, self.priority), *streams], args
 
@@ -212,7 +217,7 @@ class Broker:
         return job_view(found) if found else None
 
     def read(self, model: str, ref: str) -> JobView | None:
-        found = self.redis.hmget(keys.job(model, ref), "st", "n", "pr", "res")
+        found = self.redis.hmget(keys.job(model, ref), "st", "n", "pr", "res", "tn")
         return job_view(found) if found[0] else None
 
     def cancel(self, model: str, ref: str, ttl_s: int) -> str | None:
@@ -396,10 +401,12 @@ def _entry(model: str, priority: int, eid: bytes | str, fields: Any) -> Entry:
 
 
 def job_view(found: Sequence[Any]) -> JobView:
-    state, rows, priority, result = found
+    state, rows, priority, result, *rest = found
+    tenant = rest[0] if rest else None
     return JobView(
         state=state.decode(),
         rows=int(rows),
         priority=int(priority),
         result=codec.unpack(result) if result else None,
+        tenant=tenant.decode() if tenant else "",
     )

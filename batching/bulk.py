@@ -24,7 +24,7 @@ from typing import Any, Literal
 import numpy as np
 import orjson
 import redis
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from batching import codec, keys
 from batching.broker import JobView, job_view, load_script
@@ -87,6 +87,8 @@ class BatchStatus(BaseModel):
     eta_s: float | None
     webhook: WebhookStatus | None
     error: str | None = None
+    tenant: str = Field("", exclude=True)
+    """The API key that submitted it: kept off the wire, checked by the API."""
 
 
 @dataclass
@@ -128,6 +130,7 @@ class NewBatch:
     webhook_url: str | None
     retention_s: int
     window_s: int
+    tenant: str = ""
 
 
 class BatchStore:
@@ -156,6 +159,7 @@ class BatchStore:
             "fed_line": 0,
             "fed_byte": 0,
             "chunks": 0,
+            "tenant": new.tenant,
         }
         if new.webhook_url:
             fields |= {"webhook_url": new.webhook_url, "webhook_state": "pending"}
@@ -166,7 +170,7 @@ class BatchStore:
                 new.id.key,
                 keys.batches(model),
                 keys.batches_active(model),
-                keys.idempotency(model, "batch", idempotency_key or ""),
+                keys.idempotency(model, "batch", f"{new.tenant}\n{idempotency_key or ''}"),
             ],
             args=[str(new.id), now_ms, remembered, ttl_s, *_flatten(fields)],
         )
@@ -330,6 +334,7 @@ def render_status(f: dict[str, str], hooks: Sequence[bytes]) -> BatchStatus:
         eta_s=eta,
         webhook=webhook,
         error=f.get("error"),
+        tenant=f.get("tenant", ""),
     )
 
 

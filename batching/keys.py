@@ -140,6 +140,22 @@ def batches_settled(model: str) -> str:
     return f"{_tag(model)}:batches:settled"
 
 
+# --- access control --------------------------------------------------------------------
+
+API_KEYS = f"{PREFIX}:apikeys"
+"""Hash of key id -> the key's record (JSON: name, digest, limits, created, revoked)."""
+
+
+def api_key_digest(digest: str) -> str:
+    """Maps the SHA-256 of a presented key to its id: keys are stored hashed, never raw."""
+    return f"{PREFIX}:apikey:{digest}"
+
+
+def rate_bucket(key_id: str) -> str:
+    """The token bucket of one API key."""
+    return f"{PREFIX}:ratelimit:{key_id}"
+
+
 def reply_channel(process_id: str) -> str:
     """Pub/sub channel of one API process; workers publish finished results to it."""
     return f"{PREFIX}:reply:{process_id}"

@@ -9,9 +9,16 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+SECRETS_DIR = "/run/secrets"
+
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="FUSIONSERVE_", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="FUSIONSERVE_",
+        extra="ignore",
+        # Docker and Kubernetes secrets: /run/secrets/fusionserve_metrics_token and the like
+        secrets_dir=SECRETS_DIR if Path(SECRETS_DIR).is_dir() else None,
+    )
 
     redis_url: str | None = Field(
         None, validation_alias=AliasChoices("REDIS_URL", "FUSIONSERVE_REDIS_URL")
@@ -36,6 +43,14 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024)
     redis_max_connections: int = Field(256, ge=2, description="per API process")
     max_wait_s: float = Field(60.0, gt=0, description="longest ?wait= a client may ask for")
+
+    # Access control
+    auth: Literal["off", "keys"] = Field(
+        "off", description="keys: every /v1 and /v2 call needs Authorization: Bearer <api key>"
+    )
+    metrics_token: SecretStr | None = Field(
+        None, description="when set, /metrics needs Authorization: Bearer <this token>"
+    )
 
     # Jobs
     result_ttl_s: int = Field(3600, ge=1, description="how long finished results stay readable")

@@ -81,6 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="RQ queue to serve (repeatable; default both)",
     )
 
+    keys = sub.add_parser("keys", help="create, list and revoke API keys (needs REDIS_URL)")
+    from fusionserve.keys import add_keys_arguments
+
+    add_keys_arguments(keys)
+
     batch = sub.add_parser("batch", help="submit a bulk batch, follow it, fetch its results")
     from client.cli import add_batch_arguments
 
@@ -133,6 +138,10 @@ def main(argv: list[str] | None = None) -> int:
         from worker.bulk import run_bulk_worker
 
         return run_bulk_worker(_settings(args), args.queue)
+    if args.command == "keys":
+        from fusionserve.keys import run_keys
+
+        return run_keys(args, _settings(args))
     if args.command == "batch":
         from client.cli import run_batch
 

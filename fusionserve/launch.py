@@ -87,8 +87,8 @@ class LocalStack:
         """Until ``workers`` workers heartbeat for ``model`` (as the API counts them)."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            response = httpx.get(f"{self.url}/v1/models/{model}", timeout=5)
-            if response.status_code == 200 and response.json()["workers"] >= workers:
+            ready = httpx.get(f"{self.url}/readyz", timeout=5).json().get("workers", {})
+            if ready.get(model, 0) >= workers:  # /readyz: open even with API keys on
                 return
             if any(p.poll() is not None for p in self.workers):
                 raise RuntimeError(f"a worker exited; see {self.logs}")

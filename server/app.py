@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Flask
 
 from batching.settings import Settings, get_settings
-from server import batches, health, metrics, openapi, repository, v1, v2
+from server import auth, batches, health, metrics, openapi, repository, v1, v2
 from server.errors import register_error_handlers
 from server.jsonio import OrjsonProvider
 from server.services import Services
@@ -18,6 +18,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.extensions["fusionserve"] = Services.build(settings)
     register_error_handlers(app)
+    auth.register(app)
     app.register_blueprint(health.bp)
     app.register_blueprint(v1.bp)
     app.register_blueprint(batches.bp)

@@ -24,6 +24,7 @@ from batching.broker import JobView
 from batching.bulk import ACTIVE_STATES, BatchId, BatchStatus, Chunk, NewBatch
 from batching.bulk_jobs import enqueue_ingest
 from batching.registry import PublishedModel
+from server.auth import owns, tenant
 from server.errors import ApiError, invalid, not_found
 from server.idempotency import fingerprint as request_fingerprint
 from server.idempotency import idempotency_key
@@ -76,6 +77,7 @@ def create_batch():
         webhook_url=webhook_url,
         retention_s=svc.settings.batch_retention_s,
         window_s=svc.settings.batch_window_s,
+        tenant=tenant(),
     )
     prior = svc.batches.create(new, key, svc.settings.idempotency_ttl_s)
     if prior is not None:
@@ -171,7 +173,7 @@ def _int_arg(value: str | None, name: str, default: int) -> int:
 def _batch(batch_id: str) -> tuple[BatchId, BatchStatus]:
     bid = BatchId.parse(batch_id)
     status = services().batches.status(bid) if bid else None
-    if bid is None or status is None:
+    if bid is None or status is None or not owns(status.tenant):
         raise not_found(
             "batch_not_found", f"no batch {batch_id!r} (unknown, or past its retention)"
         )
@@ -215,7 +217,7 @@ def list_batches():
         s
         for m in models
         for b in svc.batches.list(m, limit, before_ms)
-        if (s := svc.batches.status(b))
+        if (s := svc.batches.status(b)) and owns(s.tenant)
     ]
     found.sort(key=lambda s: s.created_at, reverse=True)
     page = found[:limit]

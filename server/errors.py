@@ -41,14 +41,26 @@ def _body(status: int, code: str, message: str, **extra: Any):
     return response
 
 
+HEADER_FIELDS = ("retry_after", "www_authenticate")
+
+
+def _fields(exc: ApiError) -> dict[str, Any]:
+    return {k: v for k, v in exc.extra.items() if k not in HEADER_FIELDS}
+
+
+def with_headers(response, exc: ApiError):
+    """Retry-After on 429 and 503, WWW-Authenticate on 401: the headers clients act on."""
+    if exc.status in (429, 503):
+        response.headers["Retry-After"] = str(exc.extra.get("retry_after", 1))
+    if "www_authenticate" in exc.extra:
+        response.headers["WWW-Authenticate"] = exc.extra["www_authenticate"]
+    return response
+
+
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(ApiError)
     def _api_error(exc: ApiError):
-        retry_after = exc.extra.pop("retry_after", 1)
-        response = _body(exc.status, exc.code, exc.message, **exc.extra)
-        if exc.status in (429, 503):
-            response.headers["Retry-After"] = str(retry_after)
-        return response
+        return with_headers(_body(exc.status, exc.code, exc.message, **_fields(exc)), exc)
 
     @app.errorhandler(InvalidInput)
     def _invalid_input(exc: InvalidInput):

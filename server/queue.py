@@ -31,6 +31,7 @@ class JobQueue:
         timeout_ms: int | None = None,
         version: int = 0,
         idempotency: tuple[str, str, int] | None = None,
+        tenant: str = "",
     ) -> str:
         """Enqueue one entry; returns its reference. Raises 422 for a bad priority, 429 if full.
 
@@ -53,6 +54,7 @@ class JobQueue:
             deadline_ms=int(time.time() * 1000) + timeout_ms,
             version=version,
             idempotency=idempotency,
+            tenant=tenant,
         )
         try:
             return self.submitter.submit(entry)
@@ -116,4 +118,5 @@ def _from_message(view: JobView, waiter: Waiter) -> JobView:
         rows=view.rows,
         priority=view.priority,
         result=codec.unpack(waiter.result or b""),
+        tenant=view.tenant,
     )

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import redis
 from flask import current_app
 
+from batching.apikeys import ApiKeys
 from batching.broker import Broker
 from batching.bulk import BatchStore
 from batching.registry import ModelRegistry
@@ -24,6 +25,7 @@ class Services:
     listener: ReplyListener
     queue: JobQueue
     batches: BatchStore
+    api_keys: ApiKeys
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -48,6 +50,7 @@ class Services:
             listener=listener,
             queue=JobQueue(broker, listener, settings),
             batches=BatchStore(client),
+            api_keys=ApiKeys(client),
         )
 
 

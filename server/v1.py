@@ -10,6 +10,7 @@ from batching.broker import Replayed
 from batching.inputs import entry_tensors
 from batching.items import describe_errors
 from batching.registry import PublishedModel
+from server.auth import owns, tenant
 from server.errors import ApiError, bad_request, invalid, not_found
 from server.idempotency import fingerprint, idempotency_key
 from server.jobs import JobId, job_ids, render
@@ -57,7 +58,7 @@ def submit(name: str):
     if key is not None:
         remembered = f"{fingerprint(name, request.get_data())}\n{len(items)}"
         idempotency = (
-            keys.idempotency(name, "infer", key),
+            keys.idempotency(name, "infer", f"{tenant()}\n{key}"),  # per tenant
             remembered,
             svc.settings.idempotency_ttl_s,
         )
@@ -70,6 +71,7 @@ def submit(name: str):
             priority=submission.priority,
             timeout_ms=submission.timeout_ms,
             idempotency=idempotency,
+            tenant=tenant(),
         )
     except Replayed as replay:
         return _replayed(name, replay.remembered, idempotency, submission.items is not None)
@@ -112,7 +114,7 @@ def get_job(job_id: str):
         view = svc.queue.wait(job.model, job.entry, wait_s)
     else:
         view = svc.queue.read(job.model, job.entry)
-    if view is None or job.row >= view.rows:
+    if view is None or job.row >= view.rows or not owns(view.tenant):
         raise not_found("job_not_found", f"no job {job_id!r} (unknown, or its result expired)")
     return jsonify(render(job, view, svc.registry.get(job.model)))
 
@@ -124,6 +126,9 @@ def cancel_job(job_id: str):
     job = JobId.parse(job_id)
     if job is None:
         raise not_found("job_not_found", f"no job {job_id!r} (job ids look like model.entry.row)")
+    owner = svc.queue.read(job.model, job.entry)
+    if owner is None or not owns(owner.tenant):
+        raise not_found("job_not_found", f"no job {job_id!r} (unknown, or its result expired)")
     state = svc.broker.cancel(job.model, job.entry, svc.settings.result_ttl_s)
     view = svc.queue.read(job.model, job.entry)
     if state is None or view is None or job.row >= view.rows:

@@ -32,7 +32,15 @@ from batching.inputs import (
 from batching.model_config import NUMPY_TO_V2
 from batching.registry import PublishedModel
 from server import v2_wire
-from server.errors import ApiError, bad_request, from_invalid_input, invalid, not_found
+from server.auth import tenant
+from server.errors import (
+    ApiError,
+    bad_request,
+    from_invalid_input,
+    invalid,
+    not_found,
+    with_headers,
+)
 from server.services import services
 
 bp = Blueprint("v2", __name__, url_prefix="/v2")
@@ -74,9 +82,7 @@ def v2_invalid_input(exc: InvalidInput):
 def v2_error(exc: ApiError):
     response = jsonify({"error": exc.message})
     response.status_code = exc.status
-    if exc.status in (429, 503):
-        response.headers["Retry-After"] = str(exc.extra.get("retry_after", 1))
-    return response
+    return with_headers(response, exc)
 
 
 # --- server and model metadata ---------------------------------------------------------
@@ -357,6 +363,7 @@ def infer(name: str, version: str | None = None):
         priority=priority or None,
         timeout_ms=timeout_ms,
         version=int(version) if version else 0,
+        tenant=tenant(),
     )
     budget_ms = min(timeout_ms or 10**9, model.meta.config.batching.default_timeout_ms)
     view = svc.queue.wait_submitted(name, ref, budget_ms / 1000.0 + 1.0)

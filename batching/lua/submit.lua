@@ -18,6 +18,7 @@
 -- ARGV[11]       the Idempotency-Key's Redis key, or '' without one
 -- ARGV[12]       what it remembers, before the entry reference ('<fingerprint>\n<rows>')
 -- ARGV[13]       how long it remembers, seconds
+-- ARGV[14]       the API key (tenant) that owns the job, or '' with access control off
 -- returns        the entry id, false when the queue is full, the error
 --                "version_unavailable" for a version being unloaded, or, when the
 --                Idempotency-Key was used before, {what it remembers}: nothing is added
@@ -46,6 +47,9 @@ if max_queue > 0 then
 end
 local id = redis.call('XADD', KEYS[2], '*', 'n', ARGV[2], 'd', ARGV[7], 'v', ARGV[8], 'x', ARGV[3])
 redis.call('HSET', ARGV[1] .. id .. '-' .. ARGV[5], 'st', 'queued', 'n', ARGV[2], 'rp', ARGV[4], 'pr', ARGV[5])
+if ARGV[14] ~= '' then
+  redis.call('HSET', ARGV[1] .. id .. '-' .. ARGV[5], 'tn', ARGV[14])
+end
 if ARGV[8] ~= '0' then
   redis.call('INCR', ARGV[9] .. ARGV[8])
 end

@@ -1,0 +1,99 @@
+"""API keys on ``/v1`` and ``/v2`` (``FUSIONSERVE_AUTH=keys``): who is calling, within
+what rate, and which jobs and batches are theirs.
+
+Health (``/healthz``, ``/readyz``, ``/v2/health/*``) stays open for load balancers and
+orchestrators; ``/metrics`` takes its own token when ``FUSIONSERVE_METRICS_TOKEN`` is
+set. A key's id is its tenant: what it creates answers only to it (anyone else gets the
+same 404 as for an id that does not exist, so ids reveal nothing).
+"""
+
+from __future__ import annotations
+
+import hmac
+import math
+import threading
+import time
+
+from flask import Flask, g, request
+
+from batching.apikeys import ApiKey, ApiKeys
+from server.errors import ApiError
+from server.services import services
+
+OPEN = ("/healthz", "/readyz", "/v2/health/", "/openapi.json")
+CACHE_S = 1.0
+"""How long a process trusts a key lookup: a revoked key stops working within this."""
+
+
+class KeyCache:
+    def __init__(self) -> None:
+        self._entries: dict[str, tuple[float, ApiKey | None]] = {}
+        self._lock = threading.Lock()
+
+    def lookup(self, store: ApiKeys, token: str) -> ApiKey | None:
+        now = time.monotonic()
+        hit = self._entries.get(token)
+        if hit and now - hit[0] < CACHE_S:
+            return hit[1]
+        key = store.authenticate(token)
+        with self._lock:
+            if len(self._entries) > 10_000:
+                self._entries.clear()
+            self._entries[token] = (now, key)
+        return key
+
+
+def tenant() -> str:
+    """The calling key's id, or "" when keys are off (then everything is everyone's)."""
+    return getattr(g, "tenant", "")
+
+
+def owns(owner: str | None) -> bool:
+    return not tenant() or (owner or "") == tenant()
+
+
+def _bearer() -> str | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+def _unauthorized(message: str) -> ApiError:
+    return ApiError(401, "unauthorized", message, www_authenticate="Bearer")
+
+
+def register(app: Flask) -> None:
+    cache = KeyCache()
+
+    @app.before_request
+    def _authenticate() -> None:
+        svc = services()
+        path = request.path
+        if path == "/metrics":
+            expected = svc.settings.metrics_token
+            if expected is not None and not hmac.compare_digest(
+                (_bearer() or "").encode(), expected.get_secret_value().encode()
+            ):
+                raise _unauthorized("/metrics needs Authorization: Bearer <metrics token>")
+            return
+        if svc.settings.auth == "off" or path.startswith(OPEN):
+            return
+        if not path.startswith(("/v1/", "/v2")):
+            return
+        token = _bearer()
+        if token is None:
+            raise _unauthorized("this server needs an API key: Authorization: Bearer <key>")
+        key = cache.lookup(svc.api_keys, token)
+        if key is None:
+            raise _unauthorized("unknown or revoked API key")
+        if path.startswith("/v2/repository") and not key.admin:
+            raise ApiError(403, "forbidden", "loading and unloading models needs an admin key")
+        wait_s = svc.api_keys.throttle(key)
+        if wait_s > 0:
+            raise ApiError(
+                429,
+                "rate_limited",
+                f"API key {key.id} is over its rate of {key.rate_per_s:g} requests/s",
+                retry_after=max(1, math.ceil(wait_s)),
+            )
+        g.tenant = key.id
