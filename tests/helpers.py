@@ -98,3 +98,12 @@ def wait_settled(http: httpx.Client, batch_id: str, timeout_s: float = 300) -> d
             return status
         time.sleep(0.2)
     raise TimeoutError(f"batch {batch_id} did not settle: {status}")
+
+
+def wait_until(condition, what: str, timeout_s: float = 60) -> None:
+    """Poll ``condition`` until it holds; TimeoutError naming ``what`` after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(what)
+        time.sleep(0.05)

@@ -12,7 +12,7 @@ import orjson
 import pytest
 import redis
 from conftest import DEMO
-from helpers import demo_item, publish_then_pause, wait_settled
+from helpers import demo_item, publish_then_pause, wait_settled, wait_until
 from tokenizers import Tokenizer
 
 from batching import keys
@@ -46,14 +46,6 @@ def field(client: redis.Redis, batch_id: str, name: str) -> int:
     bid = BatchId.parse(batch_id)
     assert bid is not None
     return int(client.hget(bid.key, name) or 0)
-
-
-def wait_for(condition, what: str, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(what)
-        time.sleep(0.05)
 
 
 def settled(url: str, batch_id: str) -> dict:
@@ -94,7 +86,7 @@ def test_sigkill_of_rq_worker_and_api_mid_ingest_counts_every_item_once(
     publish_then_pause(stack, MODEL)  # no model worker: the lane fills its window, ingest waits
     bulk = stack.start_bulk_worker()
     batch_id = submit(stack.url, batch_body)
-    wait_for(lambda: field(redis_client, batch_id, "fed") > 0, "the ingest never fed a chunk")
+    wait_until(lambda: field(redis_client, batch_id, "fed") > 0, "the ingest never fed a chunk")
 
     horses = children(bulk.pid)  # RQ's work horse runs the ingest in its own process group
     assert horses, "the ingest job was meant to be running"
@@ -139,9 +131,9 @@ def test_cancel_stops_the_batch_and_what_finished_stays_readable(
     publish_then_pause(stack, MODEL)
     stack.start_bulk_worker()
     batch_id = submit(stack.url, batch_body)
-    wait_for(lambda: field(redis_client, batch_id, "fed") > 0, "the ingest never fed a chunk")
+    wait_until(lambda: field(redis_client, batch_id, "fed") > 0, "the ingest never fed a chunk")
     worker = stack.start_worker(MODEL)
-    wait_for(lambda: field(redis_client, batch_id, "done") > 0, "no item finished")
+    wait_until(lambda: field(redis_client, batch_id, "done") > 0, "no item finished")
     worker.send_signal(signal.SIGSTOP)  # whatever it holds stays held while we cancel
     response = httpx.delete(f"{stack.url}/v1/batches/{batch_id}", timeout=30)
     assert response.status_code == 200, response.text
@@ -176,7 +168,7 @@ def test_sigkill_of_a_model_worker_mid_batch_loses_no_item(
     stack.wait_ready(MODEL, 1)
     stack.start_bulk_worker()
     batch_id = submit(stack.url, batch_body)
-    wait_for(lambda: field(redis_client, batch_id, "done") > 0, "no item finished")
+    wait_until(lambda: field(redis_client, batch_id, "done") > 0, "no item finished")
     victim.kill()
     victim.wait()
     stack.start_worker(MODEL)

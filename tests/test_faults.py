@@ -16,7 +16,7 @@ import httpx
 import pytest
 import redis
 from conftest import DEMO
-from helpers import b64, wait_all
+from helpers import b64, wait_all, wait_until
 from onnx_models import heavy_model
 
 from batching import keys
@@ -87,14 +87,6 @@ def test_redis_restart_mid_load_loses_no_acknowledged_job(tmp_path: Path) -> Non
     finally:
         stack.stop()
         server.stop()
-
-
-def wait_until(condition, what: str, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(what)
-        time.sleep(0.05)
 
 
 def _run(*cmd: str) -> None:
