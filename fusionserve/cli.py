@@ -31,6 +31,8 @@ BENCHMARKS = (
     "bulk",
     "compression",
     "transfer",
+    "scaleout",
+    "soak",
 )
 
 

@@ -64,6 +64,16 @@ class TlsProxy(threading.Thread):
         up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream)
         await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
 
+    async def _shutdown(self) -> None:
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self.loop.call_soon(self.loop.stop)
+
+    def close(self) -> None:
+        asyncio.run_coroutine_threadsafe(self._shutdown(), self.loop).result(10)
+
     def run(self) -> None:
         serve = asyncio.start_server(self._handle, "127.0.0.1", self.port, ssl=self.context)
         self.loop.run_until_complete(serve)
@@ -108,6 +118,6 @@ def test_rediss_with_a_password_serves_and_never_logs_the_password(tmp_path: Pat
     finally:
         stack.stop()
         server.stop()
-        proxy.loop.call_soon_threadsafe(proxy.loop.stop)
+        proxy.close()
     written = "".join(f.read_text(errors="replace") for f in logs.iterdir())
     assert written and PASSWORD not in written
