@@ -27,3 +27,18 @@ def cumulative(name: str, counters: Mapping[str, int]) -> list[tuple[str, int]]:
         total += counters.get(f"{name}_bucket:{i}", 0)
         out.append(("+Inf" if bound == float("inf") else repr(bound), total))
     return out
+
+
+def quantile(name: str, counters: Mapping[str, int], q: float) -> float | None:
+    """The ``q`` quantile in seconds from the buckets (interpolated within its bucket)."""
+    buckets = cumulative(name, counters)
+    total = buckets[-1][1]
+    if not total:
+        return None
+    rank, lower, below = q * total, 0.0, 0
+    for (bound, count), upper in zip(buckets, (*BUCKETS_S, BUCKETS_S[-1]), strict=True):
+        if count >= rank:
+            inside = count - below
+            return lower + (upper - lower) * ((rank - below) / inside if inside else 1.0)
+        lower, below = float(bound) if bound != "+Inf" else lower, count
+    return BUCKETS_S[-1]

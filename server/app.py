@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Flask
 
 from batching.settings import Settings, get_settings
-from server import auth, batches, health, metrics, openapi, repository, v1, v2
+from server import auth, batches, console, health, metrics, openapi, repository, stats, v1, v2
 from server.errors import register_error_handlers
 from server.jsonio import OrjsonProvider
 from server.services import Services
@@ -26,4 +26,6 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(repository.bp)
     app.register_blueprint(metrics.bp)
     app.register_blueprint(openapi.bp)
+    app.register_blueprint(stats.bp)
+    app.register_blueprint(console.bp)
     return app

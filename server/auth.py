@@ -21,6 +21,8 @@ from server.errors import ApiError
 from server.services import services
 
 OPEN = ("/healthz", "/readyz", "/v2/health/", "/openapi.json")
+"""Open to all. The console's page and scripts are open too (not under /v1): its data
+comes from /v1 calls that carry the key the operator types in."""
 CACHE_S = 1.0
 """How long a process trusts a key lookup: a revoked key stops working within this."""
 

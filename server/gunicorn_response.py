@@ -31,6 +31,11 @@ class OneWriteResponse(wsgi.Response):
             self._pending = b""
         util.write(self.sock, data, self.chunked)
 
+    def sendfile(self, respiter) -> bool:
+        """No sendfile: it would write the file before the held header bytes. The plain
+        write path (which sends them with the first block) serves files instead."""
+        return False
+
     def close(self) -> None:
         self.send_headers()
         if self._pending:  # a response without a body still owes its headers

@@ -1,0 +1,223 @@
+// fusionserve console: plain JavaScript over the public API. No third-party requests.
+"use strict";
+
+const state = { key: localStorage.getItem("fusionserve-key") || "", history: {}, last: null };
+
+async function api(path, options = {}) {
+  const headers = Object.assign({}, options.headers || {});
+  if (state.key) headers["Authorization"] = "Bearer " + state.key;
+  const response = await fetch(path, Object.assign({}, options, { headers }));
+  if (response.status === 401) {
+    document.getElementById("keybox").style.display = "block";
+    throw new Error("an API key is needed");
+  }
+  return response;
+}
+
+async function json(path, options) {
+  const response = await api(path, options);
+  const body = await response.json();
+  if (!response.ok) throw new Error((body.error && (body.error.message || body.error)) || response.status);
+  return body;
+}
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
+  for (const child of children) node.append(child);
+  return node;
+}
+
+// --- tabs -------------------------------------------------------------------------------
+function show() {
+  const tab = (location.hash || "#overview").slice(1);
+  document.querySelectorAll("section").forEach(s => s.classList.toggle("on", s.id === tab));
+  document.querySelectorAll("header a").forEach(a => a.classList.toggle("on", a.dataset.tab === tab));
+  if (tab === "models") loadModels();
+  if (tab === "batches") loadBatches();
+  if (tab === "playground") loadPlayground();
+}
+
+// --- overview ---------------------------------------------------------------------------
+async function poll() {
+  let body;
+  try { body = await json("/v1/stats"); } catch (e) { return; }
+  const root = document.getElementById("overview-models");
+  for (const [name, m] of Object.entries(body.models)) {
+    const before = state.history[name] || [];
+    const prev = before[before.length - 1];
+    const rate = prev ? Math.max(0, (m.inferences - prev.inferences) / Math.max(0.001, body.time - prev.time)) : 0;
+    before.push({ time: body.time, inferences: m.inferences, rate });
+    state.history[name] = before.slice(-300);
+    let card = document.getElementById("card-" + name);
+    if (!card) {
+      card = el("div", { class: "card", id: "card-" + name });
+      card.innerHTML = `<h3>${name}</h3><div class="grid">
+        <div><div class="figure" id="workers-${name}"></div><div class="label">ready workers</div></div>
+        <div><div class="figure" id="throughput-${name}"></div><div class="label">rows/s (last second)</div></div>
+        <div><div class="figure" id="latency-${name}"></div><div class="label">queue p50 / p99 ms</div></div>
+        <div><div class="figure" id="compute-${name}"></div><div class="label">compute p50 / p99 ms</div></div>
+        <div><div class="figure" id="depth-${name}"></div><div class="label">queue depth by priority</div></div>
+        <div><div class="figure" id="errors-${name}"></div><div class="label">errors by reason</div></div>
+        </div><div id="chart-${name}" style="height:220px"></div><div id="sizes-${name}" style="height:200px"></div>`;
+      root.append(card);
+    }
+    const fmt = v => (v === null || v === undefined ? "–" : Number(v).toFixed(1));
+    document.getElementById("workers-" + name).textContent = m.ready_workers;
+    document.getElementById("throughput-" + name).textContent = rate.toFixed(1);
+    document.getElementById("latency-" + name).textContent = fmt(m.queue_ms.p50) + " / " + fmt(m.queue_ms.p99);
+    document.getElementById("compute-" + name).textContent = fmt(m.compute_ms.p50) + " / " + fmt(m.compute_ms.p99);
+    document.getElementById("depth-" + name).textContent =
+      Object.entries(m.queue_depth).map(([p, n]) => p + ": " + n).join("  ");
+    const errors = Object.entries(m.outcomes).filter(([k, v]) => k !== "done" && v > 0);
+    document.getElementById("errors-" + name).textContent =
+      errors.length ? errors.map(([k, v]) => k + " " + v).join(", ") : "none";
+    if (window.Plotly && location.hash !== "#playground") {
+      const h = state.history[name];
+      Plotly.react("chart-" + name, [{ x: h.map(p => new Date(p.time * 1000)), y: h.map(p => p.rate), mode: "lines", name: "rows/s" }],
+        { margin: { t: 24, l: 40, r: 10, b: 30 }, title: { text: "throughput, rows/s", font: { size: 12 } } },
+        { displayModeBar: false, staticPlot: true });
+      const sizes = Object.entries(m.batch_sizes);
+      Plotly.react("sizes-" + name, [{ x: sizes.map(s => s[0]), y: sizes.map(s => s[1]), type: "bar" }],
+        { margin: { t: 24, l: 40, r: 10, b: 30 }, title: { text: "batches by size", font: { size: 12 } }, xaxis: { type: "category" } },
+        { displayModeBar: false, staticPlot: true });
+    }
+  }
+}
+
+// --- models -------------------------------------------------------------------------------
+async function loadModels() {
+  const table = document.getElementById("model-table");
+  const body = await json("/v1/models");
+  table.replaceChildren(el("tr", {}, el("th", {}, "model"), el("th", {}, "versions"), el("th", {}, "workers"), el("th", {}, "")));
+  for (const m of body.models) {
+    const detail = el("button", { "data-model": m.name }, "details");
+    detail.onclick = () => showModel(m.name);
+    table.append(el("tr", { id: "model-" + m.name }, el("td", {}, m.name), el("td", {}, m.versions.join(", ")),
+      el("td", {}, String(m.workers)), el("td", {}, detail)));
+  }
+}
+
+async function showModel(name) {
+  const m = await json("/v1/models/" + encodeURIComponent(name));
+  const box = document.getElementById("model-detail");
+  const load = el("button", {}, "load"), unload = el("button", {}, "unload");
+  const status = el("span");
+  load.onclick = () => repository(name, "load", status);
+  unload.onclick = () => repository(name, "unload", status);
+  box.replaceChildren(el("div", { class: "card" }, el("h3", {}, name), load, " ", unload, " ", status,
+    el("h4", {}, "Signature"), el("pre", {}, JSON.stringify({ inputs: m.inputs, outputs: m.outputs }, null, 1)),
+    el("h4", {}, "Config"), el("pre", {}, JSON.stringify(m.config, null, 1))));
+}
+
+async function repository(name, action, status) {
+  const response = await api(`/v2/repository/models/${encodeURIComponent(name)}/${action}`, { method: "POST" });
+  status.textContent = response.ok ? action + "ed" : (await response.json()).error;
+}
+
+// --- batches ------------------------------------------------------------------------------
+async function loadBatches() {
+  const table = document.getElementById("batch-table");
+  let body;
+  try { body = await json("/v1/batches?limit=50"); } catch (e) { return; }
+  table.replaceChildren(el("tr", {}, ...["batch", "status", "progress", "done / failed / total", "ETA s", ""].map(h => el("th", {}, h))));
+  for (const b of body.batches) {
+    const c = b.counts, settled = c.total - c.queued;
+    const bar = el("progress", { max: String(c.total), value: String(settled), "data-batch": b.batch_id });
+    const cancel = el("button", {}, "cancel");
+    cancel.disabled = b.finished_at !== null;
+    cancel.onclick = async () => { await api("/v1/batches/" + b.batch_id, { method: "DELETE" }); loadBatches(); };
+    const download = el("button", { "data-results": b.batch_id }, "results");
+    download.onclick = () => downloadResults(b.batch_id, download);
+    table.append(el("tr", { id: "batch-" + b.batch_id }, el("td", {}, b.batch_id), el("td", {}, b.status),
+      el("td", {}, bar, " " + Math.round(100 * settled / Math.max(1, c.total)) + " %"),
+      el("td", {}, `${c.done} / ${c.failed} / ${c.total}`), el("td", {}, b.eta_s === null ? "–" : String(b.eta_s)),
+      el("td", {}, cancel, " ", download)));
+  }
+}
+
+async function downloadResults(batchId, button) {
+  const response = await api(`/v1/batches/${batchId}/results`);
+  const text = await response.text();
+  const link = el("a", { href: URL.createObjectURL(new Blob([text], { type: "application/jsonl" })),
+    download: batchId + ".jsonl", id: "download-" + batchId, "data-lines": String(text.trim().split("\n").length) },
+    "save " + batchId + ".jsonl");
+  button.replaceWith(link);
+}
+
+// --- playground ---------------------------------------------------------------------------
+const playground = { image: null, audio: null };
+
+async function loadPlayground() {
+  const select = document.getElementById("pg-model");
+  if (select.options.length) return;
+  const body = await json("/v1/models");
+  for (const m of body.models) select.append(el("option", { value: m.name }, m.name));
+}
+
+function readFile(input, then) {
+  const file = input.files[0];
+  if (!file) return;
+  const reader = new FileReader();
+  reader.onload = () => then(String(reader.result).split(",", 2)[1]);
+  reader.readAsDataURL(file);
+}
+
+async function sample() {
+  const model = document.getElementById("pg-model").value;
+  const seed = document.getElementById("pg-seed").value;
+  const s = await json(`/console/sample?model=${encodeURIComponent(model)}&seed=${seed}`);
+  document.getElementById("pg-question").value = s.question;
+  playground.image = s.image;
+  playground.audio = s.audio || null;
+  const img = document.getElementById("pg-image");
+  img.src = "data:image/png;base64," + s.image;
+  img.style.display = "block";
+  img.dataset.expected = s.answer;
+}
+
+async function ask() {
+  const model = document.getElementById("pg-model").value;
+  const item = { text: document.getElementById("pg-question").value };
+  if (playground.image) item.image = playground.image;
+  if (playground.audio) item.audio = playground.audio;
+  const status = document.getElementById("pg-status"), out = document.getElementById("pg-result");
+  status.textContent = "…";
+  try {
+    const job = await json(`/v1/models/${encodeURIComponent(model)}/infer`, {
+      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(item) });
+    const result = await json(`/v1/jobs/${job.job_id}?wait=20`);
+    status.textContent = result.status;
+    const rows = (result.labels || []).map(l => el("tr", {}, el("td", {}, l.label), el("td", {}, l.score.toFixed(4))));
+    const t = result.timings || {};
+    out.replaceChildren(
+      el("p", {}, "Answer: ", el("strong", { id: "pg-answer" }, result.labels ? result.labels[0].label : result.status)),
+      el("table", { id: "pg-labels" }, ...rows),
+      el("p", { id: "pg-timings" }, `queue ${t.queue_ms} ms · compute ${t.compute_ms} ms · batch of ${t.batch_size}`));
+  } catch (e) {
+    status.textContent = "";
+    out.replaceChildren(el("p", { class: "error" }, String(e.message || e)));
+  }
+}
+
+// --- wiring -------------------------------------------------------------------------------
+document.getElementById("savekey").onclick = () => {
+  state.key = document.getElementById("key").value.trim();
+  localStorage.setItem("fusionserve-key", state.key);
+  document.getElementById("keybox").style.display = "none";
+  show();
+};
+document.getElementById("pg-sample").onclick = sample;
+document.getElementById("pg-submit").onclick = ask;
+document.getElementById("pg-image-file").onchange = e => readFile(e.target, b => {
+  playground.image = b;
+  const img = document.getElementById("pg-image");
+  img.src = "data:image/*;base64," + b;
+  img.style.display = "block";
+});
+document.getElementById("pg-audio-file").onchange = e => readFile(e.target, b => { playground.audio = b; });
+window.addEventListener("hashchange", show);
+show();
+poll();
+setInterval(poll, 1000);
+setInterval(() => { if (location.hash === "#batches") loadBatches(); }, 1000);
