@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import orjson
 import pytest
+import redis
 from conftest import DEMO
 from helpers import b64, wait_until
 
@@ -36,8 +37,8 @@ def stack(module_stack_factory, tmp_path_factory):
     return stack
 
 
-@pytest.fixture
-def browser(stack, tmp_path: Path, request) -> Iterator:
+def chromium():
+    """Headless Chromium from the Debian packages, logging the page's console."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -48,6 +49,12 @@ def browser(stack, tmp_path: Path, request) -> Iterator:
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(DRIVER), options=options)
     driver.set_page_load_timeout(30)
+    return driver
+
+
+@pytest.fixture
+def browser(stack, tmp_path: Path, request) -> Iterator:
+    driver = chromium()
     yield driver
     try:
         driver.save_screenshot(str(tmp_path / f"{request.node.name}.png"))  # kept by pytest
@@ -138,3 +145,44 @@ def test_a_batch_reaches_100_percent_and_its_results_download(stack, browser) ->
     link = browser.find_element("id", f"download-{batch_id}")
     assert link.get_attribute("data-lines") == "12"
     assert link.get_attribute("download") == f"{batch_id}.jsonl"
+
+
+def test_with_api_keys_the_console_asks_for_one_and_shows_only_its_batches(
+    stack_factory, tmp_path: Path, request
+) -> None:
+    from batching.apikeys import ApiKeys
+
+    keyed = stack_factory(
+        DEMO.parent, FUSIONSERVE_AUTH="keys", FUSIONSERVE_DATA_DIR=str(tmp_path / "data")
+    )
+    keyed.start_api()
+    keyed.start_worker(MODEL)
+    keyed.wait_ready(MODEL, 1)
+    store = ApiKeys(redis.Redis.from_url(keyed.env["REDIS_URL"]))
+    _, alice = store.create("alice")
+    _, bob = store.create("bob")
+    [sample] = data.generate(1, 4)
+    line = orjson.dumps({"text": sample.question, "image": b64(data.png_bytes(sample.image))})
+    batches = {}
+    for name, key in (("alice", alice), ("bob", bob)):
+        batches[name] = httpx.post(
+            f"{keyed.url}/v1/batches",
+            params={"model": MODEL},
+            content=line,
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=30,
+        ).json()["batch_id"]
+
+    driver = chromium()
+    try:
+        driver.get(f"{keyed.url}/console#batches")
+        keybox = driver.find_element("id", "keybox")
+        wait_until(keybox.is_displayed, "the console never asked for a key")
+        driver.find_element("id", "key").send_keys(alice)
+        driver.find_element("id", "savekey").click()
+        wait_until(lambda: driver.find_elements("id", f"batch-{batches['alice']}"), "no batch")
+        assert not driver.find_elements("id", f"batch-{batches['bob']}")
+        assert not keybox.is_displayed()
+        driver.save_screenshot(str(tmp_path / f"{request.node.name}.png"))
+    finally:
+        driver.quit()
