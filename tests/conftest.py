@@ -76,3 +76,15 @@ def module_redis(redis_url: str) -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(redis_url)
     yield client
     client.close()
+
+
+@pytest.fixture(scope="module")
+def served_demo(module_stack_factory, tmp_path_factory):
+    """The demo model served (API and one worker, a data directory of its own), per module."""
+    stack = module_stack_factory(
+        DEMO.parent, FUSIONSERVE_DATA_DIR=str(tmp_path_factory.mktemp("data"))
+    )
+    stack.start_api()
+    stack.start_worker("demo")
+    stack.wait_ready("demo", 1)
+    return stack

@@ -26,13 +26,8 @@ MODEL = "demo"
 
 
 @pytest.fixture(scope="module")
-def stack(module_stack_factory, tmp_path_factory):
-    stack = module_stack_factory(
-        DEMO.parent, FUSIONSERVE_DATA_DIR=str(tmp_path_factory.mktemp("data"))
-    )
-    stack.start_api()
-    stack.start_worker(MODEL)
-    stack.wait_ready(MODEL, 1)
+def stack(served_demo):
+    stack = served_demo
     stack.start_bulk_worker()
     return stack
 

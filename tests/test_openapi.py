@@ -8,21 +8,14 @@ import httpx
 import pytest
 import schemathesis
 import schemathesis.checks as checks
-from conftest import DEMO
 from hypothesis import HealthCheck, given, settings
 
 MODEL = "demo"
 
 
 @pytest.fixture(scope="module")
-def served(module_stack_factory, tmp_path_factory):
-    stack = module_stack_factory(
-        DEMO.parent, FUSIONSERVE_DATA_DIR=str(tmp_path_factory.mktemp("data"))
-    )
-    stack.start_api()
-    stack.start_worker(MODEL)
-    stack.wait_ready(MODEL, 1)
-    return stack
+def served(served_demo):
+    return served_demo
 
 
 @pytest.fixture(scope="module")
