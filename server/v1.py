@@ -97,12 +97,22 @@ def _replayed(model: str, remembered: str, idempotency, many: bool):
     return response, 202
 
 
+def _job_id(text: str) -> JobId:
+    job = JobId.parse(text)
+    if job is None:
+        raise not_found("job_not_found", f"no job {text!r} (job ids look like model.entry.row)")
+    return job
+
+
+def _no_job(job_id: str) -> ApiError:
+    """Unknown, expired, or another API key's: the same answer, so ids reveal nothing."""
+    return not_found("job_not_found", f"no job {job_id!r} (unknown, or its result expired)")
+
+
 @bp.get("/jobs/<job_id>")
 def get_job(job_id: str):
     svc = services()
-    job = JobId.parse(job_id)
-    if job is None:
-        raise not_found("job_not_found", f"no job {job_id!r} (job ids look like model.entry.row)")
+    job = _job_id(job_id)
     wait_arg = request.args.get("wait")
     try:
         wait_s = float(wait_arg) if wait_arg is not None else 0.0
@@ -115,7 +125,7 @@ def get_job(job_id: str):
     else:
         view = svc.queue.read(job.model, job.entry)
     if view is None or job.row >= view.rows or not owns(view.tenant):
-        raise not_found("job_not_found", f"no job {job_id!r} (unknown, or its result expired)")
+        raise _no_job(job_id)
     return jsonify(render(job, view, svc.registry.get(job.model)))
 
 
@@ -123,16 +133,14 @@ def get_job(job_id: str):
 def cancel_job(job_id: str):
     """Cancel queued work: it never reaches the model. A list is one submission: all its items."""
     svc = services()
-    job = JobId.parse(job_id)
-    if job is None:
-        raise not_found("job_not_found", f"no job {job_id!r} (job ids look like model.entry.row)")
+    job = _job_id(job_id)
     owner = svc.queue.read(job.model, job.entry)
-    if owner is None or not owns(owner.tenant):
-        raise not_found("job_not_found", f"no job {job_id!r} (unknown, or its result expired)")
+    if owner is None or job.row >= owner.rows or not owns(owner.tenant):
+        raise _no_job(job_id)  # checked before cancelling: a bad id cancels nothing
     state = svc.broker.cancel(job.model, job.entry, svc.settings.result_ttl_s)
     view = svc.queue.read(job.model, job.entry)
-    if state is None or view is None or job.row >= view.rows:
-        raise not_found("job_not_found", f"no job {job_id!r} (unknown, or its result expired)")
+    if state is None or view is None:
+        raise _no_job(job_id)
     if state != "cancelled":
         raise ApiError(
             409, "not_cancellable", f"job {job_id} is {state}; only queued jobs can be cancelled"

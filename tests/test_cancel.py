@@ -25,6 +25,9 @@ def test_a_cancelled_job_never_runs(stack_factory, redis_client, tmp_path: Path)
         ]
         waiting = http.get(f"/v1/jobs/{jobs[1]}", params={"wait": 0.2}).json()
         assert waiting["status"] == "queued"
+        past_the_entry = jobs[2].rsplit(".", 1)[0] + ".5"  # a row its entry does not have
+        assert http.delete(f"/v1/jobs/{past_the_entry}").status_code == 404
+        assert http.get(f"/v1/jobs/{jobs[2]}").json()["status"] == "queued"  # not cancelled
         cancelled = http.delete(f"/v1/jobs/{jobs[1]}")
         assert cancelled.status_code == 200, cancelled.text
         assert cancelled.json()["status"] == "cancelled"
