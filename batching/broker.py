@@ -21,6 +21,7 @@ import numpy as np
 import redis
 
 from batching import codec, keys
+from batching.model_config import BatchingConfig
 
 FINAL_STATES = frozenset({"done", "failed", "expired", "cancelled"})
 
@@ -256,6 +257,15 @@ class Broker:
             for p in range(1, levels + 1):
                 pipe.xlen(keys.stream(model, p))
             return sum(pipe.execute())
+
+    def lane_depths(self, model: str, batching: BatchingConfig) -> dict[str, int]:
+        """Entries waiting or in flight per lane, "1", "2", … then "bulk": one round trip."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            for level in batching.all_levels:
+                pipe.xlen(keys.stream(model, level))
+            depths = pipe.execute()
+        labels = ["bulk" if lv == batching.bulk_level else str(lv) for lv in batching.all_levels]
+        return dict(zip(labels, depths, strict=True))
 
     # --- worker side ----------------------------------------------------------------
 

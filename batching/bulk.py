@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -304,6 +304,18 @@ class BatchStore:
             ):
                 pipe.expire(key, seconds)
             pipe.execute()
+
+
+def read_lines(path: str, offset: int, line: int) -> Iterator[tuple[int, int, bytes]]:
+    """(line number, byte offset after it, text) of each non-blank line of a batch file
+    past ``offset`` (the ingest feeds them; the API reads back the ones never fed)."""
+    with open(path, "rb") as f:
+        f.seek(offset)
+        for raw in f:
+            offset += len(raw)
+            line += 1
+            if raw.strip():
+                yield line, offset, raw
 
 
 def render_status(f: dict[str, str], hooks: Sequence[bytes]) -> BatchStatus:

@@ -34,6 +34,7 @@ from benchmarks.common import (
     Connection,
     descendants,
     percentiles,
+    rss_mib,
     served,
     table,
     v2_body,
@@ -130,17 +131,7 @@ class RssSampler:
         while not self._stop.wait(self.every_s):
             for role, roots in self.roles.items():
                 pids = [d for root in roots for d in descendants(root)]  # a new work horse too
-                self.peak[role] = max(self.peak[role], sum(_rss_mib(p) for p in pids))
-
-
-def _rss_mib(pid: int) -> float:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
+                self.peak[role] = max(self.peak[role], sum(rss_mib(p) for p in pids))
 
 
 def run_batch(url: str, path: Path, n: int) -> dict[str, Any]:

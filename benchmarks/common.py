@@ -77,6 +77,17 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+def rss_mib(pid: int) -> float:
+    """Resident memory of ``pid`` in MiB (0 once it is gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
 def cpu_seconds(pids: list[int]) -> float:
     """User + system CPU time used so far by ``pids`` (from /proc, in seconds)."""
     ticks = os.sysconf("SC_CLK_TCK")

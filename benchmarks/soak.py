@@ -25,8 +25,7 @@ from typing import Any
 import orjson
 import redis
 
-from benchmarks.bulk import _rss_mib
-from benchmarks.common import descendants, served, table, write_json
+from benchmarks.common import descendants, rss_mib, served, table, write_json
 from loadtest.payloads import Payloads, synthetic_items
 from loadtest.runner import RunSettings, run_point
 
@@ -48,7 +47,7 @@ class Sampler(threading.Thread):
         while not self.stop.wait(self.every_s):
             row = {"t_s": round(time.monotonic() - start, 1)}
             for role, roots in self.roles.items():
-                row[role] = round(sum(_rss_mib(p) for r in roots for p in descendants(r)), 1)
+                row[role] = round(sum(rss_mib(p) for r in roots for p in descendants(r)), 1)
             row["redis_used_mib"] = round(self.client.info("memory")["used_memory"] / 2**20, 2)
             self.samples.append(row)
 

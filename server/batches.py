@@ -21,7 +21,7 @@ from flask import Blueprint, Response, jsonify, request
 
 from batching import codec
 from batching.broker import JobView
-from batching.bulk import ACTIVE_STATES, BatchId, BatchStatus, Chunk, NewBatch
+from batching.bulk import ACTIVE_STATES, BatchId, BatchStatus, Chunk, NewBatch, read_lines
 from batching.bulk_jobs import enqueue_ingest
 from batching.registry import PublishedModel
 from server.auth import owns, tenant
@@ -319,20 +319,17 @@ def _never_fed(fields: dict[str, str], state: str) -> Iterable[dict[str, Any]]:
     if state == "failed":
         message = f"the batch failed before this item was fed: {fields.get('error', '')}"
     error = {"code": state, "message": message}
+    unfed = read_lines(
+        fields["path"], int(fields.get("fed_byte", 0)), int(fields.get("fed_line", 0))
+    )
     try:
-        with open(fields["path"], "rb") as f:
-            f.seek(int(fields.get("fed_byte", 0)))
-            number = int(fields.get("fed_line", 0))
-            for raw in f:
-                number += 1
-                if raw.isspace():
-                    continue
-                try:
-                    custom_id = orjson.loads(raw).get("custom_id")
-                except (orjson.JSONDecodeError, AttributeError):
-                    custom_id = None
-                yield _line(
-                    number, custom_id if isinstance(custom_id, str) else None, state, error=error
-                )
+        for number, _, raw in unfed:
+            try:
+                custom_id = orjson.loads(raw).get("custom_id")
+            except (orjson.JSONDecodeError, AttributeError):
+                custom_id = None
+            yield _line(
+                number, custom_id if isinstance(custom_id, str) else None, state, error=error
+            )
     except OSError:
         return

@@ -97,10 +97,8 @@ class RedisCollector:
                 compute_ns = sum(c.get(f"compute_{p}_ns", 0) for p in ("input", "infer", "output"))
                 compute.add_metric(labels, cumulative("compute", c), compute_ns / 1e9)
                 sizes.add_metric(labels, *_batch_histogram(c))
-            lanes = model.meta.config.batching
-            for level in lanes.all_levels:
-                lane = "bulk" if level == lanes.bulk_level else str(level)
-                depth.add_metric([name, lane], svc.redis.xlen(keys.stream(name, level)))
+            for lane, entries in svc.broker.lane_depths(name, model.meta.config.batching).items():
+                depth.add_metric([name, lane], entries)
             ready.add_metric([name], model.ready_workers)
         yield from (requests, inferences, batches, queue, compute, sizes, depth, ready)
 

@@ -30,19 +30,13 @@ def stats():
         model = svc.registry.get(name)
         if model is None:
             continue
-        lanes = model.meta.config.batching
         counters: dict[str, int] = {}
         for version in model.meta.available or model.meta.versions:
             for field, value in svc.broker.stats(name, version).items():
                 if field != "last_inference":
                     counters[field] = counters.get(field, 0) + value
         outcomes = {k.decode(): int(v) for k, v in svc.redis.hgetall(keys.outcomes(name)).items()}
-        depth = {
-            ("bulk" if level == lanes.bulk_level else str(level)): svc.redis.xlen(
-                keys.stream(name, level)
-            )
-            for level in lanes.all_levels
-        }
+        depth = svc.broker.lane_depths(name, model.meta.config.batching)
         sizes = {
             int(k.split(":")[1]): v
             for k, v in counters.items()

@@ -26,7 +26,7 @@ import redis
 from pydantic import ValidationError
 
 from batching import assembly
-from batching.bulk import BatchId, BatchStore, Chunk
+from batching.bulk import BatchId, BatchStore, Chunk, read_lines
 from batching.inputs import InvalidInput, item_tensors, pad_values
 from batching.items import Item, describe_errors
 from batching.registry import ModelRegistry, PublishedModel
@@ -149,17 +149,6 @@ class Ingest:
             if outcome in ("lost", "stale"):
                 raise LeaseLost
             return outcome
-
-
-def read_lines(path: str, offset: int, line: int) -> Iterator[tuple[int, int, bytes]]:
-    """(line number, byte offset after it, text) of each non-blank line past ``offset``."""
-    with open(path, "rb") as f:
-        f.seek(offset)
-        for raw in f:
-            offset += len(raw)
-            line += 1
-            if raw.strip():
-                yield line, offset, raw
 
 
 def parse_line(number: int, end_byte: int, raw: bytes, model: PublishedModel) -> Line:
