@@ -174,3 +174,16 @@ def test_health_and_readiness(api) -> None:
     assert http.get("/healthz").json() == {"status": "ok"}
     ready = http.get("/readyz")
     assert ready.status_code == 200 and ready.json()["workers"] == {MODEL: 1}
+
+
+def test_console_samples_and_stats_answer_json(api) -> None:
+    http, _ = api
+    missing = http.get("/console/sample", params={"model": "nope"})
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "model_not_found"
+    bad_seed = http.get("/console/sample", params={"model": MODEL, "seed": "abc"})
+    assert bad_seed.status_code == 422 and "seed" in bad_seed.json()["error"]["message"]
+    sample = http.get("/console/sample", params={"model": MODEL, "seed": 7}).json()
+    assert sample["question"] and sample["image"] and sample["answer"] in data.LABELS
+    stats = http.get("/v1/stats").json()["models"][MODEL]
+    assert stats["queue_depth"].keys() == {"1", "2", "bulk"}
+    assert stats["ready_workers"] == 1
