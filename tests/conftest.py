@@ -1,6 +1,9 @@
-"""Shared fixtures: a real Redis-protocol server (embedded Valkey, or ``REDIS_URL``).
+"""Shared fixtures: a real Redis-protocol server, the suite's own embedded Valkey.
 
-With ``REDIS_URL`` set, the tests FLUSH that database: point it at a throwaway server.
+The tests FLUSH the database they use, so they never use ``REDIS_URL`` (the variable
+users point workers at): only ``FUSIONSERVE_TEST_REDIS_URL``, a name meant for tests,
+selects another server. ``REDIS_URL`` and ``RQ_REDIS_URL`` are removed from the
+environment for the session, so no process a test starts can reach the user's server.
 """
 
 from __future__ import annotations
@@ -23,10 +26,15 @@ ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "model_repository" / "demo"
 
 
+TEST_REDIS_URL = os.environ.get("FUSIONSERVE_TEST_REDIS_URL", "")
+for _name in ("REDIS_URL", "RQ_REDIS_URL"):
+    os.environ.pop(_name, None)
+
+
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    if os.environ.get("REDIS_URL"):
-        yield os.environ["REDIS_URL"]
+    if TEST_REDIS_URL:
+        yield TEST_REDIS_URL
         return
     server = EmbeddedRedis(tmp_path_factory.mktemp("valkey"), appendonly=False).start()
     yield server.url

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import os
+import socket
 import time
 from collections.abc import Iterable
 
@@ -107,3 +109,86 @@ def wait_until(condition, what: str, timeout_s: float = 60) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError(what)
         time.sleep(0.05)
+
+
+def accepted_connections(pids: Iterable[int], port: int) -> int:
+    """Open TCP connections on ``port`` that one of ``pids`` has accepted (from /proc).
+
+    A request counts as in the server's hands once its connection is accepted: a
+    graceful stop then finishes it, where one still in the listen backlog is reset.
+    """
+    inodes: set[str] = set()
+    for pid in pids:
+        fd_dir = f"/proc/{pid}/fd"
+        try:
+            names = os.listdir(fd_dir)
+        except FileNotFoundError:
+            continue
+        for name in names:
+            try:
+                target = os.readlink(f"{fd_dir}/{name}")
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            next(f)
+            for line in f:
+                fields = line.split()
+                local_port = int(fields[1].rsplit(":", 1)[1], 16)
+                established = fields[3] == "01"
+                if local_port == port and established and fields[9] in inodes:
+                    count += 1
+    return count
+
+
+def refuses_connections(host: str, port: int) -> bool:
+    """True once nothing listens on ``host:port`` any more."""
+    try:
+        socket.create_connection((host, port), timeout=1).close()
+    except ConnectionRefusedError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
+def children(pid: int) -> list[int]:
+    """The direct children of ``pid``, over all its threads (from /proc)."""
+    found: list[int] = []
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                found += [int(c) for c in f.read().split()]
+    except FileNotFoundError:
+        pass
+    return found
+
+
+def pending_by_consumer(
+    client: redis.Redis, model: str, levels: Iterable[int] = (1, 2, 3)
+) -> dict[str, int]:
+    """Entries delivered and not yet acknowledged, per consumer, over ``levels``."""
+    counts: dict[str, int] = {}
+    for level in levels:
+        stream = keys.stream(model, level)
+        if not client.exists(stream):
+            continue
+        for consumer in client.xpending(stream, keys.GROUP)["consumers"]:
+            name = consumer["name"].decode()
+            counts[name] = counts.get(name, 0) + int(consumer["pending"])
+    return counts
+
+
+def rq_idle(client: redis.Redis) -> bool:
+    """No RQ job of any queue is waiting, running, scheduled for a retry or deferred."""
+    from rq import Queue
+    from rq.registry import DeferredJobRegistry, ScheduledJobRegistry, StartedJobRegistry
+
+    for queue in Queue.all(connection=client):
+        registries = (StartedJobRegistry, ScheduledJobRegistry, DeferredJobRegistry)
+        if queue.count or any(r(queue=queue).count for r in registries):
+            return False
+    return True

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from pathlib import Path
 
 import httpx
@@ -12,7 +11,14 @@ import orjson
 import pytest
 import redis
 from conftest import DEMO
-from helpers import demo_item, publish_then_pause, wait_settled, wait_until
+from helpers import (
+    children,
+    demo_item,
+    pending_by_consumer,
+    publish_then_pause,
+    wait_settled,
+    wait_until,
+)
 from tokenizers import Tokenizer
 
 from batching import keys
@@ -63,13 +69,6 @@ def inferences(client: redis.Redis) -> int:
     return sum(
         int(client.hget(k, "inference_count") or 0) for k in client.keys(keys.stats(MODEL, "*"))
     )
-
-
-def children(pid: int) -> list[int]:
-    found = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        found += [int(c) for c in (task / "children").read_text().split()]
-    return found
 
 
 def submit(url: str, body: bytes) -> str:
@@ -146,7 +145,10 @@ def test_cancel_stops_the_batch_and_what_finished_stays_readable(
     assert counts["done"] > 0 and counts["cancelled"] > 0
     assert counts["done"] + counts["cancelled"] == 2000 and counts["queued"] == 0
     assert redis_client.xlen(keys.stream(MODEL, 3)) == 0, "cancelled entries left in the lane"
-    time.sleep(1)  # the worker, thawed, has acknowledged what it held
+    wait_until(
+        lambda: not any(pending_by_consumer(redis_client, MODEL).values()),
+        "the thawed worker kept entries unacknowledged",
+    )
     assert inferences(redis_client) == counts["done"], "a cancelled item reached the model"
     rows = results(stack.url, batch_id)
     assert [r["custom_id"] for r in rows] == [f"id-{i}" for i in range(2000)]

@@ -15,8 +15,16 @@ import httpx
 import numpy as np
 import orjson
 import pytest
+import redis
 from conftest import DEMO, ROOT
-from helpers import demo_item, reference_logits, reference_session, wait_settled
+from helpers import (
+    demo_item,
+    reference_logits,
+    reference_session,
+    rq_idle,
+    wait_settled,
+    wait_until,
+)
 from tokenizers import Tokenizer
 
 from batching import keys, signature
@@ -280,7 +288,7 @@ def receiver() -> Iterator[str]:
 
 
 def test_webhook_is_delivered_signed_once_after_two_failures(
-    http, receiver, samples, tokenizer
+    stack, http, receiver, samples, tokenizer
 ) -> None:
     body = jsonl([demo_item(s, as_tensors=False, tokenizer=tokenizer) for s in samples[:4]])
     batch_id = submit(http, body, webhook_url=receiver).json()["batch_id"]
@@ -293,7 +301,9 @@ def test_webhook_is_delivered_signed_once_after_two_failures(
         time.sleep(0.2)
     assert status["webhook"]["state"] == "delivered"
     assert [a["status_code"] for a in status["webhook"]["attempts"]] == [500, 500, 200]
-    time.sleep(1.5)  # a second delivery, if one were coming, would have had time to arrive
+    # a second delivery could only come from an RQ job: wait until none is left
+    with redis.Redis.from_url(stack.env["REDIS_URL"]) as client:
+        wait_until(lambda: rq_idle(client), "a webhook job is still queued or scheduled")
     assert [code for code, _, _ in FlakyReceiver.received] == [500, 500, 200]
     _, headers, delivered = FlakyReceiver.received[-1]
     assert signature.verify(SECRET.encode(), delivered, headers[signature.HEADER])

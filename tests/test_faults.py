@@ -16,7 +16,14 @@ import httpx
 import pytest
 import redis
 from conftest import DEMO
-from helpers import b64, wait_all, wait_until
+from helpers import (
+    accepted_connections,
+    b64,
+    children,
+    refuses_connections,
+    wait_all,
+    wait_until,
+)
 from onnx_models import heavy_model
 
 from batching import keys
@@ -196,11 +203,16 @@ def test_sigterm_to_the_api_finishes_requests_in_flight(stack_factory) -> None:
             httpx.get(f"{stack.url}/v1/jobs/{job_id}", params={"wait": 20}, timeout=30)
         )
     )
-    poll.start()
-    time.sleep(1.0)  # the long poll has reached the API and waits
     [api] = [p for p in stack.procs if "api" in p.args]
+    port = int(stack.url.rsplit(":", 1)[1])
+    before = accepted_connections(children(api.pid), port)
+    poll.start()
+    wait_until(
+        lambda: accepted_connections(children(api.pid), port) > before,
+        "the long poll never reached an API process",
+    )
     api.send_signal(signal.SIGTERM)  # a rolling restart
-    time.sleep(0.5)
+    wait_until(lambda: refuses_connections("127.0.0.1", port), "the API kept listening")
     worker.send_signal(signal.SIGCONT)
     poll.join(40)
     assert answers and answers[0].status_code == 200
