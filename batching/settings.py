@@ -44,6 +44,20 @@ class Settings(BaseSettings):
     redis_max_connections: int = Field(256, ge=2, description="per API process")
     max_wait_s: float = Field(60.0, gt=0, description="longest ?wait= a client may ask for")
 
+    # Slow clients (gunicorn): a stalled request never holds a connection for long
+    header_timeout_s: int = Field(
+        75,
+        ge=1,
+        description="a connection whose next request's headers have not arrived this long "
+        "after the last response (or after it opened) is closed; also the keep-alive idle time",
+    )
+    body_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="a request whose body has not fully arrived this long after its headers "
+        "is answered 408 and its connection closed",
+    )
+
     # Access control
     auth: Literal["off", "keys"] = Field(
         "off", description="keys: every /v1 and /v2 call needs Authorization: Bearer <api key>"

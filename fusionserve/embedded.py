@@ -2,7 +2,8 @@
 
 Used when ``REDIS_URL`` is unset: loopback only, a free port, ``hz 100`` (so short
 BLOCK timeouts are not rounded up to 100 ms), and an append-only file in the data
-directory so acknowledged jobs survive a restart.
+directory so acknowledged jobs survive a restart. Its output goes to ``valkey.log`` in
+the data directory (a pipe nobody reads would fill and block the server).
 """
 
 from __future__ import annotations
@@ -43,11 +44,23 @@ class EmbeddedRedis:
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
+    def log_path(self) -> Path:
+        """Where the server's stdout and stderr go (appended across restarts)."""
+        return self.data_dir / "valkey.log"
+
+    def _log_tail(self, limit: int = 2000) -> str:
+        try:
+            return self.log_path.read_bytes()[-limit:].decode(errors="replace")
+        except OSError:
+            return ""
+
+    @property
     def url(self) -> str:
         auth = f":{self.password}@" if self.password else ""
         return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def start(self, timeout_s: float = 10.0) -> EmbeddedRedis:
+        """Start the server (again, after a crash: same port, same data directory)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         args = [
             str(get_binary_path()),
@@ -62,24 +75,35 @@ class EmbeddedRedis:
             "--loglevel", "warning",
             *(["--requirepass", self.password] if self.password else []),
         ]  # fmt: skip
-        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        with self.log_path.open("ab") as out:  # the child keeps its own copy of the descriptor
+            self.process = subprocess.Popen(
+                args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
         client = redis.Redis.from_url(self.url)
         deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
+        try:
+            while not self._answers(client):
                 if self.process.poll() is not None:
-                    err = self.process.stderr.read().decode() if self.process.stderr else ""
-                    raise RuntimeError(f"embedded valkey-server exited: {err}") from None
+                    raise RuntimeError(f"embedded valkey-server exited: {self._log_tail()}")
                 if time.monotonic() > deadline:
                     self.stop()
-                    raise RuntimeError("embedded valkey-server did not start in time") from None
+                    raise RuntimeError("embedded valkey-server did not start in time")
                 time.sleep(0.02)
-        client.close()
+        finally:
+            client.close()
         log.info("embedded Valkey on port %d (data in %s)", self.port, self.data_dir)
         return self
+
+    def _answers(self, client: redis.Redis) -> bool:
+        """Our own process answers (not another server that holds the port)."""
+        try:
+            return int(client.info("server")["process_id"]) == self.process.pid  # type: ignore[union-attr]
+        except redis.ConnectionError:
+            return False
+
+    def exited(self) -> bool:
+        """Started, and the process has exited since."""
+        return self.process is not None and self.process.poll() is not None
 
     def stop(self, timeout_s: float = 10.0) -> None:
         if self.process is None or self.process.poll() is not None:

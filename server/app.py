@@ -6,6 +6,7 @@ from flask import Flask
 
 from batching.settings import Settings, get_settings
 from server import auth, batches, console, health, metrics, openapi, repository, stats, v1, v2
+from server.deadline import BodyDeadline
 from server.errors import register_error_handlers
 from server.jsonio import OrjsonProvider
 from server.services import Services
@@ -28,4 +29,5 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(openapi.bp)
     app.register_blueprint(stats.bp)
     app.register_blueprint(console.bp)
+    app.wsgi_app = BodyDeadline(app.wsgi_app, settings.body_timeout_s)  # type: ignore[method-assign]
     return app

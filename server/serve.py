@@ -23,7 +23,8 @@ class GunicornServer(BaseApplication):
             "workers": settings.api_processes,
             "worker_class": settings.api_worker_class,
             "worker_connections": 2000,
-            "keepalive": 75,
+            # gevent workers bound the wait for a request's headers (and keep-alive idle) by this
+            "keepalive": settings.header_timeout_s,
             "graceful_timeout": 30,
             "accesslog": None,
             "loglevel": "warning",

@@ -91,3 +91,23 @@ def test_up_serves_and_sigterm_stops_everything(tmp_path: Path) -> None:
                 up.wait(30)
             except subprocess.TimeoutExpired:
                 up.kill()
+
+
+def test_embedded_valkey_writes_its_output_to_a_log_in_its_data_dir(tmp_path: Path) -> None:
+    """No pipe nobody reads (a full one blocks the server): output goes to <data dir>/valkey.log."""
+    from fusionserve.embedded import EmbeddedRedis
+
+    first = EmbeddedRedis(tmp_path / "a", appendonly=False).start()
+    try:
+        assert first.process is not None and first.process.stderr is None
+        assert (tmp_path / "a" / "valkey.log").is_file()
+        clash = EmbeddedRedis(tmp_path / "b", port=first.port, appendonly=False)
+        try:
+            clash.start(timeout_s=10)
+            raise AssertionError("a second server bound the same port")
+        except RuntimeError as exc:  # the reason comes from the log
+            assert "in use" in str(exc).lower(), exc
+        log_text = (tmp_path / "b" / "valkey.log").read_text().lower()
+        assert "in use" in log_text
+    finally:
+        first.stop()
