@@ -53,7 +53,7 @@ def test_pending_per_worker_stays_within_two_batches(
 
     watcher = threading.Thread(target=watch)
     watcher.start()
-    inputs = np.random.default_rng(2).standard_normal((1600, 512)).astype(np.float32)
+    inputs = np.random.default_rng(2).standard_normal((480, 512)).astype(np.float32)
     job_ids = submit_all(stack.url, inputs, rows_per_entry)
     try:
         stack.start_worker()
