@@ -22,6 +22,13 @@ MODEL = "heavy"
 CAP = 8
 
 
+def slow_model(repository: Path) -> None:
+    """The heavy model, its jobs given ten minutes: a loaded machine must not expire them."""
+    config = heavy_model(repository, MODEL, width=512, layers=32, max_batch_size=CAP)
+    with (config / "config.toml").open("a") as f:
+        f.write("default_timeout_ms = 600000\n")  # the [batching] table is the last one
+
+
 def submit_all(url: str, inputs: np.ndarray, rows_per_entry: int) -> list[str]:
     job_ids: list[str] = []
     with httpx.Client(base_url=url, timeout=60) as http:
@@ -36,7 +43,7 @@ def submit_all(url: str, inputs: np.ndarray, rows_per_entry: int) -> list[str]:
 def test_pending_per_worker_stays_within_two_batches(
     stack_factory, redis_client, tmp_path: Path
 ) -> None:
-    heavy_model(tmp_path / "repo", MODEL, width=512, layers=32, max_batch_size=CAP)
+    slow_model(tmp_path / "repo")
     stack = stack_factory(tmp_path / "repo", FUSIONSERVE_VISIBILITY_TIMEOUT_S="600")
     stack.start_api()
     publish_then_pause(stack, MODEL)  # a backlog first, then the workers: more than they run
@@ -71,7 +78,7 @@ def test_pending_per_worker_stays_within_two_batches(
 def test_short_visibility_timeout_dead_letters_no_healthy_entry(
     stack_factory, redis_client, tmp_path: Path
 ) -> None:
-    heavy_model(tmp_path / "repo", MODEL, width=512, layers=32, max_batch_size=CAP)
+    slow_model(tmp_path / "repo")
     # one delivery allowed: any reclaim of an entry a live worker holds fails that job
     stack = stack_factory(
         tmp_path / "repo",
