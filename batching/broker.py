@@ -11,9 +11,10 @@ The atomic steps are the ``.lua`` files beside this module.
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from typing import Any
 
@@ -26,9 +27,23 @@ from batching.model_config import BatchingConfig
 FINAL_STATES = frozenset({"done", "failed", "expired", "cancelled"})
 
 
+INCLUDE = re.compile(r"^-- @include (\w+)$", re.MULTILINE)
+"""A line that stands for a shared fragment (``lua/lib/<name>.lua``): one source, many scripts."""
+
+
+def script_source(name: str) -> str:
+    """A script's Lua with each ``-- @include <fragment>`` line replaced by that fragment.
+
+    Redis scripts cannot call each other, so a step several scripts need (settling a
+    bulk batch) is written once in ``lua/lib`` and included where it is used.
+    """
+    lua = resources.files("batching").joinpath("lua")
+    source = lua.joinpath(f"{name}.lua").read_text()
+    return INCLUDE.sub(lambda m: lua.joinpath("lib", f"{m[1]}.lua").read_text().rstrip(), source)
+
+
 def load_script(client: redis.Redis, name: str) -> Any:
-    source = resources.files("batching").joinpath("lua", f"{name}.lua").read_text()
-    return client.register_script(source)
+    return client.register_script(script_source(name))
 
 
 def entry_millis(entry_id: str) -> int:
@@ -51,6 +66,8 @@ class Entry:
     deadline_ms: int
     version: int
     payload: bytes
+    batch: str | None = None
+    """The bulk batch's hash key for an entry of a batch (the record's ``bt``), else None."""
     _inputs: dict[str, np.ndarray] | None = field(default=None, repr=False)
 
     @property
@@ -94,6 +111,107 @@ class Finished:
     entry: Entry
     state: str
     result: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Finish:
+    """One record for ``finish.lua``: what it becomes, and when it may still change."""
+
+    model: str
+    priority: int
+    id: str
+    """The stream entry id."""
+    state: str
+    result: bytes
+    """The packed result."""
+    mode: str = "running"
+    """'running' (its deliverer finishes it), 'queued' (a cancel), 'stop' (a stopped batch)."""
+    version: str = "0"
+    """The version it pinned ('0': none; '': read it from the entry)."""
+    rejected: int = 0
+    duration_ns: int = 0
+    batch: str | None = None
+    """Its bulk batch's hash key, when known (else the script asks for it)."""
+
+    @property
+    def ref(self) -> str:
+        return entry_ref(self.id, self.priority)
+
+
+class Finisher:
+    """Finishes records through ``finish.lua``: the one step every path takes."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.redis = client
+        self._finish = load_script(client, "finish")
+
+    def finish(
+        self,
+        items: Sequence[Finish],
+        ttl_s: int,
+        *,
+        stats_key: str | None = None,
+        stats: Mapping[str, int] | None = None,
+    ) -> int:
+        """Finish ``items`` (one model's) atomically; returns how many records it wrote.
+
+        A bulk record whose batch the caller did not know (a cancel by job id, an entry
+        fed before entries carried their batch) is finished in a second call, with the
+        batch its record names: the script never touches a key it was not given.
+        """
+        written, todo = 0, list(items)
+        while todo:
+            n, unresolved = self._call(todo, ttl_s, stats_key, stats)
+            written += int(n)
+            stats = None  # applied once
+            retry = [todo[int(i) - 1] for i in unresolved]
+            if not retry:
+                break
+            with self.redis.pipeline(transaction=False) as pipe:
+                for f in retry:
+                    pipe.hget(keys.job(f.model, f.ref), "bt")
+                found = pipe.execute()
+            todo = [
+                replace(f, batch=bt.decode())
+                for f, bt in zip(retry, found, strict=True)
+                if bt and bt.decode() != f.batch
+            ]
+        return written
+
+    def _call(
+        self,
+        items: Sequence[Finish],
+        ttl_s: int,
+        stats_key: str | None,
+        stats: Mapping[str, int] | None,
+    ) -> tuple[int, list[int]]:
+        model = items[0].model
+        pairs = [x for field_, value in (stats or {}).items() for x in (field_, value)]
+        keys_ = [keys.outcomes(model), keys.batches_settled(model), keys.batches_active(model)]
+        keys_ += [stats_key] if stats_key else []
+        args: list[Any] = [
+            keys.GROUP,
+            ttl_s,
+            keys.pinned(model, ""),
+            len(items),
+            1 if stats_key else 0,
+            len(pairs) // 2,
+            *pairs,
+        ]
+        batches: dict[str, int] = {}
+        for f in items:
+            keys_ += [
+                keys.stream(model, f.priority),
+                keys.job(model, f.ref),
+                keys.watchers(model, f.ref),
+            ]
+            index = batches.setdefault(f.batch, len(batches) + 1) if f.batch else 0
+            args += [f.id, f.state, f.result, f.duration_ns, f.version, f.rejected, index, f.mode]
+        for batch_key in batches:
+            local = batch_key.rsplit(":", 1)[1]
+            keys_ += [keys.batch(model, local), keys.batch_inflight(model, local)]
+        written, unresolved = self._finish(keys=keys_, args=args)
+        return int(written), [int(i) for i in unresolved]
 
 
 @dataclass(frozen=True)
@@ -160,10 +278,10 @@ class Broker:
         self.redis = client
         self._submit = load_script(client, "submit")
         self._start = load_script(client, "start")
-        self._complete = load_script(client, "complete")
+        self._pull = load_script(client, "pull")
         self._watch = load_script(client, "watch")
         self._reclaim = load_script(client, "reclaim")
-        self._cancel = load_script(client, "cancel")
+        self.finisher = Finisher(client)
 
     # --- API side -------------------------------------------------------------------
 
@@ -227,15 +345,10 @@ class Broker:
         result = codec.pack(
             {"error": {"code": "cancelled", "message": "cancelled before it ran; it never ran"}}
         )
-        state = self._cancel(
-            keys=[
-                keys.job(model, ref),
-                keys.stream(model, int(level)),
-                keys.watchers(model, ref),
-                keys.outcomes(model),
-            ],
-            args=[entry_id, ttl_s, result, keys.pinned(model, "")],
-        )
+        cancel = Finish(model, int(level), entry_id, "cancelled", result, mode="queued", version="")
+        if self.finisher.finish([cancel], ttl_s):
+            return "cancelled"
+        state = self.redis.hget(keys.job(model, ref), "st")
         return state.decode() if state else None
 
     def retry_after(self, model: str, levels: int, stale_s: float) -> int:
@@ -304,39 +417,34 @@ class Broker:
         finished: Sequence[Finished],
         ttl_s: int,
         *,
-        version: int | str = 0,
+        version: int | None = None,
         stats: Mapping[str, int] | None = None,
     ) -> int:
-        """Write results, notify waiters, count statistics and ack: one atomic call per batch."""
+        """Write results, notify waiters, count statistics and ack: one atomic call per batch.
+
+        ``version`` names the statistics hash the outcomes (and ``stats``) count in; None
+        counts none (no version ran them, and none is loaded to count them for).
+        """
         if not finished:
             return 0
         model = finished[0].entry.model
-        stat_pairs = [x for field, value in (stats or {}).items() for x in (field, value)]
-        keys_: list[str] = [
-            keys.stats(model, version),
-            keys.outcomes(model),
-            keys.batches_settled(model),
-            keys.batches_active(model),
-        ]
-        args: list[Any] = [
-            keys.GROUP,
-            ttl_s,
-            keys.pinned(model, ""),
-            len(stat_pairs) // 2,
-            *stat_pairs,
-        ]
         done_ns = time.time_ns()
-        for f in finished:
-            e = f.entry
-            keys_ += [
-                keys.stream(e.model, e.priority),
-                keys.job(e.model, e.ref),
-                keys.watchers(e.model, e.ref),
-            ]
-            duration_ns = max(0, done_ns - e.enqueued_ms * 1_000_000)
-            rejected = len(f.result.get("row_errors", ()))
-            args += [e.id, f.state, codec.pack(f.result), duration_ns, e.version, rejected]
-        return int(self._complete(keys=keys_, args=args))
+        items = [
+            Finish(
+                model,
+                f.entry.priority,
+                f.entry.id,
+                f.state,
+                codec.pack(f.result),
+                version=str(f.entry.version),
+                rejected=len(f.result.get("row_errors", ())),
+                duration_ns=max(0, done_ns - f.entry.enqueued_ms * 1_000_000),
+                batch=f.entry.batch,
+            )
+            for f in finished
+        ]
+        stats_key = keys.stats(model, version) if version is not None else None
+        return self.finisher.finish(items, ttl_s, stats_key=stats_key, stats=stats)
 
     def pinned(self, model: str, version: int) -> int:
         """Unfinished entries that asked for exactly this version."""
@@ -357,34 +465,66 @@ class Broker:
         ttl_s: int,
         count: int = 64,
     ) -> tuple[list[Entry], list[str]]:
-        """Claim entries idle past ``min_idle_ms``; returns (claimed, dead-lettered ids)."""
-        dead_result = codec.pack(
-            {
-                "error": {
-                    "code": "dead_letter",
-                    "message": f"entry was delivered more than {max_deliveries} times without "
-                    "finishing (workers crashed or timed out on it); gave up",
-                }
-            }
-        )
-        claimed, dead = self._reclaim(
-            keys=[keys.stream(model, priority), keys.outcomes(model)],
-            args=[
-                keys.GROUP,
-                consumer,
-                min_idle_ms,
-                count,
-                max_deliveries,
-                keys.job(model, ""),
-                ttl_s,
-                dead_result,
-                keys.watchers(model, ""),
-                priority,
-                keys.pinned(model, ""),
-            ],
+        """Claim entries idle past ``min_idle_ms``; returns (claimed, dead-lettered refs).
+
+        Those delivered more than ``max_deliveries`` times are finished as failed through
+        the one finish step (their bulk batch counts them, their record keeps its TTL).
+        """
+        claimed, over = self._reclaim(
+            keys=[keys.stream(model, priority)],
+            args=[keys.GROUP, consumer, min_idle_ms, count, max_deliveries],
         )
         entries = [_entry(model, priority, eid, fields) for eid, fields in claimed if fields]
-        return entries, [d.decode() if isinstance(d, bytes) else d for d in dead]
+        dead = [_entry(model, priority, eid, fields) for eid, fields in over if fields]
+        if dead:
+            result = codec.pack(
+                {
+                    "error": {
+                        "code": "dead_letter",
+                        "message": f"entry was delivered more than {max_deliveries} times "
+                        "without finishing (workers crashed or timed out on it); gave up",
+                    }
+                }
+            )
+            self.finisher.finish(
+                [
+                    Finish(
+                        model,
+                        priority,
+                        e.id,
+                        "failed",
+                        result,
+                        version=str(e.version),
+                        batch=e.batch,
+                    )
+                    for e in dead
+                ],
+                ttl_s,
+            )
+        return entries, [e.ref for e in dead]
+
+    def take(self, model: str, consumer: str, levels: Sequence[int], rows: int) -> list[Entry]:
+        """New entries, higher levels first, until they hold ``rows`` rows (the last may pass it).
+
+        One round trip; nothing past the budget is delivered, so a worker never holds
+        more than it asked for (``pull`` counts entries per level, not rows).
+        """
+        if rows <= 0:
+            return []
+        streams = [keys.stream(model, p) for p in levels]
+        reply = self._pull(keys=streams, args=[keys.GROUP, consumer, rows])
+        return [_entry(model, levels[int(i) - 1], eid, fields) for i, eid, fields in reply]
+
+    def hold(self, model: str, priority: int, consumer: str, ids: Sequence[str]) -> None:
+        """Reset the idle time of entries this consumer holds, without counting a delivery.
+
+        XCLAIM ... JUSTID to itself: entries it legitimately holds (its look-ahead) are
+        then never reclaimed by another worker, nor counted towards a dead-letter.
+        """
+        if ids:
+            self.redis.xclaim(
+                keys.stream(model, priority), keys.GROUP, consumer, 0, list(ids), justid=True
+            )
 
 
 def now_ms() -> float:
@@ -407,6 +547,7 @@ def _entry(model: str, priority: int, eid: bytes | str, fields: Any) -> Entry:
         deadline_ms=int(fields[b"d"]),
         version=int(fields.get(b"v", 0)),
         payload=fields[b"x"],
+        batch=fields[b"b"].decode() if b"b" in fields else None,
     )
 
 

@@ -3,7 +3,7 @@
 A batch is a stored JSONL file of items plus a hash of counters. One ingest job at a
 time (it holds the batch's lease) reads the file and feeds it in chunks: each chunk
 becomes ONE entry of the model's bulk lane, whose job record points back at the
-batch, so the worker's ``complete.lua`` counts the batch's progress in the same call
+batch, so ``finish.lua`` (the one step that finishes a record) counts it in the same call
 that writes the results. Every step that moves a counter is one of the ``batch_*.lua``
 scripts beside this module, so a crash anywhere counts no item twice and loses none.
 
@@ -27,7 +27,7 @@ import redis
 from pydantic import BaseModel, Field
 
 from batching import codec, keys
-from batching.broker import JobView, job_view, load_script
+from batching.broker import Finish, Finisher, JobView, job_view, load_script
 
 BatchState = Literal["validating", "running", "completed", "failed", "cancelled"]
 ACTIVE_STATES = frozenset({"validating", "running"})
@@ -140,6 +140,7 @@ class BatchStore:
         self._lease = load_script(client, "batch_lease")
         self._feed = load_script(client, "batch_feed")
         self._stop = load_script(client, "batch_stop")
+        self._finisher = Finisher(client)
 
     # --- creating and reading -----------------------------------------------------------
 
@@ -271,18 +272,37 @@ class BatchStore:
         if state == "failed":
             message = f"batch failed before this item ran: {reason}"
         result = codec.pack({"error": {"code": state, "message": message}})
-        level = int(fields.get("priority", 0))
-        status = self._stop(
+        retention = int(fields.get("retention_s", 3600))
+        reply = self._stop(
             keys=[
                 bid.key,
                 keys.batch_inflight(bid.model, bid.local),
-                keys.stream(bid.model, level),
                 keys.batches_settled(bid.model),
                 keys.batches_active(bid.model),
             ],
-            args=[state, result, int(fields.get("retention_s", 3600)), reason],
+            args=[state, reason],
         )
-        return status.decode() if status else None
+        if not reply:
+            return None
+        status, inflight = reply[0].decode(), reply[1]
+        fed = [
+            Finish(
+                bid.model,
+                int(ref.rsplit("-", 1)[1]),
+                eid.decode(),
+                state,
+                result,
+                mode="stop",
+                batch=bid.key,
+            )
+            for ref, eid in (
+                (r.decode().rsplit(":", 1)[1], e)
+                for r, e in zip(inflight[::2], inflight[1::2], strict=True)
+            )
+        ]
+        if fed:  # queued entries never run; running ones settle the batch when they finish
+            self._finisher.finish(fed, retention)
+        return status
 
     # --- webhooks ---------------------------------------------------------------------
 

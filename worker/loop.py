@@ -54,6 +54,8 @@ class ModelLoop:
         self.carry: list[Entry] = []
         self.reclaim_every_s = min(self.settings.visibility_timeout_s / 2, 5.0)
         self._next_reclaim = 0.0
+        self.entry_rows = self.batching.max_batch_size
+        """Rows per entry lately pulled: turns a row budget into a count of entries to claim."""
         self.batches = 0
         self.entries_done = 0
         self.stats: dict[str, int] = {}
@@ -67,8 +69,9 @@ class ModelLoop:
             except Exception:  # a Redis hiccup or a bug must not kill the worker thread
                 log.exception("model loop %s failed; retrying", self.model)
                 time.sleep(0.5)
-        while self.carry:  # entries already delivered to us are ours to finish
-            self.process(self.take_batch(self.carry))
+        while self.carry:  # entries already delivered to us are ours to finish, once each
+            held, self.carry = self.carry, []
+            self.process(self.take_batch(held))  # runs one batch, carries the rest
 
     def step(self) -> None:
         if time.monotonic() >= self._next_reclaim:
@@ -78,9 +81,26 @@ class ModelLoop:
         if entries:
             self.process(entries)
 
+    @property
+    def budget_rows(self) -> int:
+        """Rows this worker may still take: its next batch plus one batch of look-ahead."""
+        return 2 * self.batching.max_batch_size - sum(e.rows for e in self.carry)
+
     def reclaim(self) -> list[Entry]:
+        """Claim what other (dead or hung) consumers left idle, never what this one holds.
+
+        What it holds is first marked fresh (no delivery counted), so neither it nor another
+        worker reclaims its look-ahead; and it claims no more than its budget.
+        """
         claimed: list[Entry] = []
+        held = {e.ref for e in self.carry}
         for level in self.batching.all_levels:
+            self.broker.hold(
+                self.model, level, self.worker_id, [e.id for e in self.carry if e.priority == level]
+            )
+            room = self.budget_rows - sum(e.rows for e in claimed)
+            if room <= 0:
+                break
             entries, dead = self.broker.reclaim(
                 self.model,
                 level,
@@ -88,7 +108,9 @@ class ModelLoop:
                 min_idle_ms=int(self.settings.visibility_timeout_s * 1000),
                 max_deliveries=self.settings.max_deliveries,
                 ttl_s=self.settings.result_ttl_s,
+                count=max(1, room // self.entry_rows),
             )
+            entries = [e for e in entries if e.ref not in held]
             if entries or dead:
                 log.warning(
                     "%s p%d: reclaimed %d idle entries, dead-lettered %d",
@@ -107,19 +129,22 @@ class ModelLoop:
             self.policy.fill_target = setting.max_batch_size
             self.policy.max_queue_delay_s = setting.max_queue_delay_s
 
-    def pull(self, count: int, block_ms: int | None, *, bulk: bool = False) -> list[Entry]:
-        """Online work first; one bulk entry only when asked and no online work waits.
+    def pull(self, rows: int, block_ms: int | None, *, bulk: bool = False) -> list[Entry]:
+        """Online work first, up to ``rows`` rows; one bulk entry only when asked and no
+        online work waits.
 
         A bulk entry is one batch (``bulk_batch_size`` rows): pulling more would only
         hold them here while other workers idle, and make an online arrival wait longer.
         ``block_ms`` waits on every lane (any arrival wakes it) when all were empty.
         """
         b = self.batching
-        entries = self.broker.pull(self.model, self.worker_id, b.online_levels, count, None)
+        entries = self.broker.take(self.model, self.worker_id, b.online_levels, rows)
         if not entries and bulk:
             entries = self.broker.pull(self.model, self.worker_id, [b.bulk_level], 1, None)
         if not entries and block_ms is not None:
             entries = self.broker.pull(self.model, self.worker_id, b.all_levels, 1, block_ms)
+        if entries:
+            self.entry_rows = max(e.rows for e in entries)
         if entries and self.controller is not None:
             self.arrivals.add(time.monotonic(), sum(e.rows for e in entries))
         return entries
@@ -128,10 +153,11 @@ class ModelLoop:
         """Gather entries per the batching policy; returns at most one batch, carries the rest."""
         self.adapt()
         cap = self.batching.max_batch_size
+        room = self.budget_rows  # the next batch and one batch of look-ahead, in rows
         entries, self.carry = self.carry, []
         # Held entries may be of a lower level than what arrived meanwhile: look first.
         idle = not entries
-        entries += self.pull(cap, IDLE_BLOCK_MS if idle else None, bulk=idle)
+        entries += self.pull(room, IDLE_BLOCK_MS if idle else None, bulk=idle)
         if not entries:
             return []
         state = self.policy.open(time.monotonic(), len(entries), sum(e.rows for e in entries))
@@ -140,7 +166,7 @@ class ModelLoop:
             if decision is Decision.RUN:
                 break
             time.sleep(wait_s)
-            more = self.pull(max(1, cap - state.rows), None)
+            more = self.pull(2 * cap - sum(e.rows for e in entries), None)
             self.policy.add(state, len(more), sum(e.rows for e in more))
             entries += more
         return self.take_batch(entries)
@@ -191,8 +217,13 @@ class ModelLoop:
                 continue
             by_version.setdefault(runtime.version, []).append(entry)
             runtimes[runtime.version] = runtime
-        if not by_version:  # nothing ran: acknowledge what was decided
-            self.broker.complete(finished, self.settings.result_ttl_s)
+        if not by_version:  # nothing ran: count it where a version that is read counts it
+            newest = self.versions.newest()
+            self.broker.complete(
+                finished,
+                self.settings.result_ttl_s,
+                version=newest.version if newest is not None else None,
+            )
         for version, group in by_version.items():  # normally one group: the newest version
             done = self.run_batch(group, pulled_ms, runtimes[version])
             self.broker.complete(

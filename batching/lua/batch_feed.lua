@@ -16,6 +16,10 @@
 -- returns   'fed', 'full' (the lane is at its window: try again soon), 'stopped'
 --           (cancelled or failed), 'lost' (another owner holds the lease) or 'stale'
 --           (the offset moved: this chunk was fed already)
+--
+-- The entry carries its batch ('b', the batch hash's key, as the record's 'bt'), so the
+-- worker that finishes it passes the batch's keys to finish.lua without a lookup.
+-- @include settle
 local b = redis.call('HMGET', KEYS[1], 'status', 'lease_owner', 'fed_line', 'chunks', 'total', 'id')
 if b[1] ~= 'validating' and b[1] ~= 'running' then
   return 'stopped'
@@ -35,7 +39,8 @@ local now = t[1] * 1000 + math.floor(t[2] / 1000)
 local seq = b[4]
 redis.call('HSET', KEYS[2], seq, ARGV[7])
 if rows > 0 then
-  local id = redis.call('XADD', KEYS[4], '*', 'n', rows, 'd', ARGV[11], 'v', '0', 'x', ARGV[8])
+  local id = redis.call('XADD', KEYS[4], '*', 'n', rows, 'd', ARGV[11], 'v', '0', 'b', KEYS[1],
+    'x', ARGV[8])
   local ref = id .. '-' .. ARGV[10]
   local record = ARGV[9] .. ref
   redis.call('HSET', record, 'st', 'queued', 'n', rows, 'pr', ARGV[10], 'bt', KEYS[1], 'tt', ARGV[13])
@@ -50,12 +55,6 @@ if b[1] == 'validating' then
 end
 local invalid = tonumber(ARGV[5]) - rows
 if invalid > 0 then
-  redis.call('HINCRBY', KEYS[1], 'failed', invalid)
-  if redis.call('HINCRBY', KEYS[1], 'settled', invalid) == tonumber(b[5]) then
-    -- settle: the last item is final (same steps in complete.lua and batch_stop.lua)
-    redis.call('HSET', KEYS[1], 'status', 'completed', 'finished_at', now)
-    redis.call('SREM', KEYS[6], b[6])
-    redis.call('SADD', KEYS[5], b[6])
-  end
+  settle(KEYS[1], KEYS[6], KEYS[5], {{'failed', invalid}})
 end
 return 'fed'

@@ -1,6 +1,6 @@
 -- Read a job for a long-poller, and if it is not final yet, register the poller's
 -- reply channel so the worker publishes the result to it too. Atomic with
--- complete.lua: either the result is returned here or it will be published.
+-- finish.lua: either the result is returned here or it will be published.
 --
 -- KEYS[1]   job record
 -- KEYS[2]   watcher set of the entry
