@@ -5,6 +5,7 @@ import time
 import numpy as np
 import pytest
 import redis
+from helpers import wait_until
 
 from batching import codec, keys
 from batching.broker import Broker, Finished, NewEntry, QueueFull
@@ -95,13 +96,19 @@ def test_a_full_queue_refuses_and_enqueues_nothing(broker: Broker, redis_client)
     assert len(redis_client.keys(keys.job(MODEL, "*"))) == 2
 
 
-def test_idle_entries_are_reclaimed_then_dead_lettered(broker: Broker) -> None:
+def idle_past(client: redis.Redis, ms: int) -> bool:
+    """Every pending entry of the model's level-2 stream has been idle for ``ms`` or more."""
+    pending = client.xpending_range(keys.stream(MODEL, 2), keys.GROUP, "-", "+", 100)
+    return bool(pending) and all(p["time_since_delivered"] >= ms for p in pending)
+
+
+def test_idle_entries_are_reclaimed_then_dead_lettered(broker: Broker, redis_client) -> None:
     eid = submit(broker)
     broker.pull(MODEL, "crashed", range(1, 3), 10, None)
-    time.sleep(0.02)
+    wait_until(lambda: idle_past(redis_client, 10), "the entry never went idle")
     claimed, dead = broker.reclaim(MODEL, 2, "w2", min_idle_ms=10, max_deliveries=2, ttl_s=60)
     assert [e.ref for e in claimed] == [eid] and dead == []
-    time.sleep(0.02)
+    wait_until(lambda: idle_past(redis_client, 10), "the claimed entry never went idle")
     claimed, dead = broker.reclaim(MODEL, 2, "w3", min_idle_ms=10, max_deliveries=2, ttl_s=60)
     assert claimed == [] and dead == [eid]
     view = broker.read(MODEL, eid)
