@@ -84,6 +84,9 @@ class Settings(BaseSettings):
         10.0, gt=0, description="an ingest silent this long is presumed dead and restarted"
     )
     sweep_interval_s: float = Field(1.0, gt=0)
+    ingest_max_restarts: int = Field(
+        5, ge=0, description="ingests of a batch the sweeper restarts before failing the batch"
+    )
     webhook_secret: SecretStr | None = Field(
         None, description="HMAC-SHA256 key that signs batch webhooks (required to use them)"
     )

@@ -39,6 +39,8 @@ QUEUES = (keys.BULK_QUEUE, keys.WEBHOOK_QUEUE)
 FILE_SWEEP_S = 60.0
 STALE_UPLOAD_S = 3600.0
 """A partial upload this old was abandoned (its API process died mid-request)."""
+UNQUEUED_S = 60.0
+"""A batch recorded this long ago whose ingest was never queued is failed, never started."""
 
 
 class Sweeper:
@@ -88,10 +90,21 @@ class Sweeper:
             return  # all fed: the model workers (and their reclaim) finish the rest
         seconds, micros = self.redis.time()
         now_ms = seconds * 1000 + micros // 1000
+        if not fields.get("ingest_job"):
+            # Never queued: its API answered 503 and could not discard it. Never start it.
+            if now_ms - int(fields.get("created_at", now_ms)) > UNQUEUED_S * 1000:
+                self.store.stop(bid, "failed", "its creation failed (the API answered 503)")
+            return
         if int(fields.get("lease_until", 0)) > now_ms:
             return
         grace_s = self.settings.ingest_lease_s
         if ingest_waiting_or_fresh(self.redis, fields.get("ingest_job"), grace_s):
+            return
+        runs = int(fields.get("ingest_runs", 1))
+        if runs > self.settings.ingest_max_restarts:
+            reason = fields.get("ingest_error") or "its ingest stopped without an error"
+            log.error("batch %s: ingest failed %d times (%s); failing the batch", bid, runs, reason)
+            self.store.stop(bid, "failed", f"ingest failed {runs} times; last: {reason}")
             return
         log.warning("batch %s: its ingest stopped renewing its lease; restarting it", bid)
         enqueue_ingest(self.redis, bid)
