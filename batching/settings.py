@@ -84,15 +84,25 @@ class Settings(BaseSettings):
         10.0, gt=0, description="an ingest silent this long is presumed dead and restarted"
     )
     sweep_interval_s: float = Field(1.0, gt=0)
-    ingest_max_restarts: int = Field(
-        5, ge=0, description="ingests of a batch the sweeper restarts before failing the batch"
-    )
     webhook_secret: SecretStr | None = Field(
         None, description="HMAC-SHA256 key that signs batch webhooks (required to use them)"
     )
     webhook_max_retries: int = Field(6, ge=0)
     webhook_backoff_s: int = Field(1, ge=1, description="first retry delay; doubles each time")
-    webhook_timeout_s: float = Field(10.0, gt=0)
+    webhook_timeout_s: float = Field(
+        10.0, gt=0, description="total deadline of one delivery attempt (connect to last byte)"
+    )
+
+    # Bulk batches: ingest retries and where webhooks may go
+    ingest_max_restarts: int = Field(
+        5, ge=0, description="ingests of a batch the sweeper restarts before failing the batch"
+    )
+    webhook_allow_private: bool = Field(
+        False, description="let webhooks reach loopback, private and link-local addresses"
+    )
+    webhook_allow: str = Field(
+        "", description="hosts or host:port, comma-separated, webhooks may reach though not public"
+    )
 
     def batch_path(self) -> Path:
         return self.batch_dir or self.data_dir / "batches"

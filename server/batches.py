@@ -16,13 +16,12 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
-from urllib.parse import urlsplit
 
 import orjson
 import redis
 from flask import Blueprint, Response, jsonify, request
 
-from batching import codec
+from batching import codec, webhook_target
 from batching.broker import JobView
 from batching.bulk import (
     ACTIVE_STATES,
@@ -197,9 +196,10 @@ def _store(source: IO[bytes], path: Path) -> Stored:
 def _webhook_url(url: str | None) -> str | None:
     if not url:
         return None
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise invalid(f"webhook_url must be an http(s) URL, got {url!r}")
+    try:
+        webhook_target.check(url, services().settings)
+    except webhook_target.WebhookRefused as exc:
+        raise invalid(str(exc)) from None
     if services().settings.webhook_secret is None:
         raise invalid(
             "this server signs webhooks but has no secret: set FUSIONSERVE_WEBHOOK_SECRET"
