@@ -27,6 +27,10 @@ class WebhookRefused(ValueError):
     """The URL is malformed, or names an address this server will not call."""
 
 
+class Unresolved(WebhookRefused):
+    """The host does not resolve now: refused at submit, retried at delivery."""
+
+
 @dataclass(frozen=True)
 class Target:
     url: str
@@ -98,7 +102,7 @@ def resolve(target: Target, settings: Settings) -> list[str]:
     try:
         infos = socket.getaddrinfo(target.host, target.port, type=socket.SOCK_STREAM)
     except (OSError, UnicodeError) as exc:
-        raise WebhookRefused(f"webhook_url host {target.host!r} does not resolve: {exc}") from None
+        raise Unresolved(f"webhook_url host {target.host!r} does not resolve: {exc}") from None
     addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
     for address in addresses:
         if not permitted and not public(address):
@@ -107,7 +111,7 @@ def resolve(target: Target, settings: Settings) -> list[str]:
                 " public address (set FUSIONSERVE_WEBHOOK_ALLOW to allow it)"
             )
     if not addresses:
-        raise WebhookRefused(f"webhook_url host {target.host!r} has no address")
+        raise Unresolved(f"webhook_url host {target.host!r} has no address")
     return addresses
 
 

@@ -70,9 +70,11 @@ def deliver_webhook(batch_id: str) -> str:
             "Fusionserve-Batch": batch_id,
         }
         target, addresses = webhook_target.check(status.webhook.url, settings)
-        code = asyncio.run(_post(target, addresses[0], body, headers, settings.webhook_timeout_s))
+        code = asyncio.run(_post(target, addresses, body, headers, settings.webhook_timeout_s))
         attempt["status_code"] = code
         ok = 200 <= code < 300
+    except webhook_target.Unresolved as exc:  # DNS may answer later: retried
+        attempt["error"] = str(exc)
     except webhook_target.WebhookRefused as exc:  # no retry can succeed
         store.record_attempt(bid, attempt | {"error": str(exc)}, "failed")
         return "failed"
@@ -89,22 +91,32 @@ def deliver_webhook(batch_id: str) -> str:
 
 async def _post(
     target: webhook_target.Target,
-    address: str,
+    addresses: list[str],
     body: bytes,
     headers: dict[str, str],
     deadline_s: float,
 ) -> int:
-    """POST to the checked ``address`` (Host and TLS name: the URL's host), all of it, from
-    connect to the last byte of the answer, within ``deadline_s``; the status code."""
+    """POST to the checked ``addresses`` in turn until one connects (Host and TLS name: the
+    URL's host), all of it, from connect to the last byte of the answer, within
+    ``deadline_s``; the status code."""
     extensions = {"sni_hostname": target.host} if target.scheme == "https" else {}
     async with httpx.AsyncClient(
         timeout=deadline_s, trust_env=False, follow_redirects=False
     ) as client:
-        request = client.post(
-            target.via(address),
-            content=body,
-            headers=headers | {"Host": target.authority},
-            extensions=extensions,
-        )
-        response = await asyncio.wait_for(request, deadline_s)
-        return response.status_code
+
+        async def send() -> int:
+            for n, address in enumerate(addresses, 1):
+                try:
+                    response = await client.post(
+                        target.via(address),
+                        content=body,
+                        headers=headers | {"Host": target.authority},
+                        extensions=extensions,
+                    )
+                    return response.status_code
+                except httpx.ConnectError:
+                    if n == len(addresses):
+                        raise
+            raise AssertionError("resolve() returns at least one address")
+
+        return await asyncio.wait_for(send(), deadline_s)
