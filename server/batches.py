@@ -23,14 +23,7 @@ from flask import Blueprint, Response, jsonify, request
 
 from batching import codec, webhook_target
 from batching.broker import JobView
-from batching.bulk import (
-    ACTIVE_STATES,
-    BatchId,
-    BatchStatus,
-    Chunk,
-    NewBatch,
-    read_lines,
-)
+from batching.bulk import ACTIVE_STATES, BatchId, BatchStatus, Chunk, NewBatch, read_lines
 from batching.bulk_jobs import enqueue_ingest
 from batching.registry import PublishedModel
 from server.auth import owns, tenant
@@ -41,6 +34,7 @@ from server.jobs import top_labels
 from server.services import services
 
 bp = Blueprint("batches", __name__, url_prefix="/v1/batches")
+log = logging.getLogger(__name__)
 
 RESULT_CHUNKS = 64
 """Chunks read per Redis round trip while streaming results."""
@@ -118,7 +112,7 @@ def _undo(new: NewBatch, key: str | None, path: Path) -> None:
     try:
         services().batches.discard(new, key)
     except redis.RedisError as exc:  # the sweeper never starts a batch with no ingest job
-        logging.getLogger(__name__).warning("batch %s: cannot discard (%s)", new.id, exc)
+        log.warning("batch %s: cannot discard (%s)", new.id, exc)
     path.unlink(missing_ok=True)
 
 
