@@ -140,6 +140,7 @@ class BatchStore:
         self._lease = load_script(client, "batch_lease")
         self._feed = load_script(client, "batch_feed")
         self._stop = load_script(client, "batch_stop")
+        self._discard = load_script(client, "batch_discard")
         self._finisher = Finisher(client)
 
     # --- creating and reading -----------------------------------------------------------
@@ -165,20 +166,34 @@ class BatchStore:
         if new.webhook_url:
             fields |= {"webhook_url": new.webhook_url, "webhook_state": "pending"}
         model = new.id.model
-        remembered = f"{new.fingerprint}\n{new.id}" if idempotency_key else ""
         prior = self._create(
             keys=[
                 new.id.key,
                 keys.batches(model),
                 keys.batches_active(model),
-                keys.idempotency(model, "batch", f"{new.tenant}\n{idempotency_key or ''}"),
+                _idempotency_key(new, idempotency_key),
+                keys.batches_of(model, new.tenant),
             ],
-            args=[str(new.id), now_ms, remembered, ttl_s, *_flatten(fields)],
+            args=[str(new.id), now_ms, _remembered(new, idempotency_key), ttl_s, *_flatten(fields)],
         )
         return prior.decode() if prior else None
 
+    def discard(self, new: NewBatch, idempotency_key: str | None) -> None:
+        """Forget a batch whose creation failed after it was recorded (the client got 503)."""
+        model = new.id.model
+        self._discard(
+            keys=[
+                _idempotency_key(new, idempotency_key),
+                new.id.key,
+                keys.batches_active(model),
+                keys.batches(model),
+                keys.batches_of(model, new.tenant),
+            ],
+            args=[str(new.id), _remembered(new, idempotency_key)],
+        )
+
     def fields(self, bid: BatchId) -> dict[str, str]:
-        return {k.decode(): v.decode() for k, v in self.redis.hgetall(bid.key).items()}
+        return _decoded(self.redis.hgetall(bid.key))
 
     def status(self, bid: BatchId) -> BatchStatus | None:
         with self.redis.pipeline(transaction=False) as pipe:
@@ -187,13 +202,49 @@ class BatchStore:
             raw, hooks = pipe.execute()
         if not raw:
             return None
-        return render_status({k.decode(): v.decode() for k, v in raw.items()}, hooks)
+        return render_status(_decoded(raw), hooks)
 
-    def list(self, model: str, limit: int, before_ms: int | None = None) -> list[BatchId]:
-        """The model's newest batches first, created before ``before_ms`` when given."""
+    def page(
+        self, models: Sequence[str], tenant: str, limit: int, before_ms: int | None = None
+    ) -> list[BatchStatus]:
+        """One tenant's newest batches over ``models`` (created before ``before_ms`` when
+        given): its own index, so other tenants' batches never shorten the page; the
+        page's records are read in one round trip. Ids whose records expired are dropped
+        from the index and the page is read again."""
         top = f"({before_ms}" if before_ms is not None else "+inf"
-        ids = self.redis.zrevrangebyscore(keys.batches(model), top, "-inf", start=0, num=limit)
-        return [BatchId(model, i.decode().rsplit(".", 1)[1]) for i in ids]
+        while True:
+            with self.redis.pipeline(transaction=False) as pipe:
+                for model in models:
+                    pipe.zrevrangebyscore(
+                        keys.batches_of(model, tenant), top, "-inf", 0, limit, withscores=True
+                    )
+                ranked = pipe.execute()
+            newest = sorted(
+                (
+                    (score, raw.decode(), model)
+                    for model, ids in zip(models, ranked, strict=True)
+                    for raw, score in ids
+                ),
+                reverse=True,
+            )[:limit]
+            bids = [b for _, raw, _ in newest if (b := BatchId.parse(raw))]
+            with self.redis.pipeline(transaction=False) as pipe:
+                for bid in bids:
+                    pipe.hgetall(bid.key)
+                    pipe.lrange(keys.batch_hooks(bid.model, bid.local), 0, -1)
+                replies = pipe.execute()
+            found, gone = [], []
+            for bid, raw, hooks in zip(bids, replies[::2], replies[1::2], strict=True):
+                if raw:
+                    found.append(render_status(_decoded(raw), hooks))
+                else:
+                    gone.append(bid)
+            if not gone:
+                return found
+            with self.redis.pipeline(transaction=False) as pipe:
+                for bid in gone:
+                    pipe.zrem(keys.batches_of(bid.model, tenant), str(bid))
+                pipe.execute()
 
     def chunks(self, bid: BatchId, start: int, count: int) -> list[tuple[Chunk, JobView | None]]:
         """Chunks ``start .. start+count-1`` with their entries' job records, in two trips."""
@@ -372,6 +423,20 @@ def render_status(f: dict[str, str], hooks: Sequence[bytes]) -> BatchStatus:
 
 def _seconds(ms: str | None) -> float | None:
     return int(ms) / 1000.0 if ms else None
+
+
+def _decoded(raw: dict[bytes, bytes]) -> dict[str, str]:
+    return {k.decode(): v.decode() for k, v in raw.items()}
+
+
+def _idempotency_key(new: NewBatch, idempotency_key: str | None) -> str:
+    """One tenant's Idempotency-Key never names another tenant's batch."""
+    return keys.idempotency(new.id.model, "batch", f"{new.tenant}\n{idempotency_key or ''}")
+
+
+def _remembered(new: NewBatch, idempotency_key: str | None) -> str:
+    """What an Idempotency-Key remembers of the batch it created ('' without a key)."""
+    return f"{new.fingerprint}\n{new.id}" if idempotency_key else ""
 
 
 def _flatten(fields: dict[str, Any]) -> list[Any]:

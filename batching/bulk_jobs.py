@@ -20,16 +20,22 @@ WAITING = frozenset({JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED})
 
 
 def enqueue_ingest(client: redis.Redis, bid: BatchId) -> Job:
-    """Queue the ingest of a batch and remember its job, so the sweeper can tell if it died."""
-    job = Queue(keys.BULK_QUEUE, connection=client).enqueue(
-        INGEST,
-        str(bid),
-        job_timeout=-1,  # a million lines take as long as the workers take: no RQ timeout
-        result_ttl=86_400,
-        failure_ttl=7 * 86_400,
-        description=f"ingest {bid}",
-    )
-    client.hset(bid.key, "ingest_job", job.id)
+    """Queue the ingest of a batch and remember its job (so the sweeper can tell if it died)
+    and how many ingests it has had, in one transaction: a batch whose ``ingest_job`` is
+    unset was never queued, and the sweeper never starts it."""
+    with client.pipeline(transaction=True) as pipe:
+        job = Queue(keys.BULK_QUEUE, connection=client).enqueue_call(
+            INGEST,
+            args=(str(bid),),
+            timeout=-1,  # a million lines take as long as the workers take: no RQ timeout
+            result_ttl=86_400,
+            failure_ttl=7 * 86_400,
+            description=f"ingest {bid}",
+            pipeline=pipe,
+        )
+        pipe.hset(bid.key, "ingest_job", job.id)
+        pipe.hincrby(bid.key, "ingest_runs", 1)
+        pipe.execute()
     return job
 
 

@@ -130,6 +130,15 @@ def batches(model: str) -> str:
     return f"{_tag(model)}:batches"
 
 
+def batches_of(model: str, tenant: str) -> str:
+    """The batch index one tenant (API key id) lists: its own sorted set, or, for "" (keys
+    off), the model's whole index. Kept by the step that creates a batch."""
+    if not tenant:
+        return batches(model)
+    digest = hashlib.sha256(tenant.encode()).hexdigest()[:32]
+    return f"{batches(model)}:tenant:{digest}"
+
+
 def batches_active(model: str) -> str:
     """Set of batch ids not yet settled: the sweeper restarts their ingest if it stalls."""
     return f"{_tag(model)}:batches:active"

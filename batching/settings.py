@@ -103,7 +103,20 @@ class Settings(BaseSettings):
     )
     webhook_max_retries: int = Field(6, ge=0)
     webhook_backoff_s: int = Field(1, ge=1, description="first retry delay; doubles each time")
-    webhook_timeout_s: float = Field(10.0, gt=0)
+    webhook_timeout_s: float = Field(
+        10.0, gt=0, description="total deadline of one delivery attempt (connect to last byte)"
+    )
+
+    # Bulk batches: ingest retries and where webhooks may go
+    ingest_max_restarts: int = Field(
+        5, ge=0, description="ingests of a batch the sweeper restarts before failing the batch"
+    )
+    webhook_allow_private: bool = Field(
+        False, description="let webhooks reach loopback, private and link-local addresses"
+    )
+    webhook_allow: str = Field(
+        "", description="hosts or host:port, comma-separated, webhooks may reach though not public"
+    )
 
     def batch_path(self) -> Path:
         return self.batch_dir or self.data_dir / "batches"

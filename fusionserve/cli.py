@@ -80,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--queue",
         action="append",
         choices=["fusionserve-bulk", "fusionserve-webhooks"],
-        help="RQ queue to serve (repeatable; default both)",
+        help="RQ queue to serve (repeatable; default: fusionserve-bulk here, and"
+        " fusionserve-webhooks in a second process, so a slow webhook never delays an ingest)",
     )
 
     keys = sub.add_parser("keys", help="create, list and revoke API keys (needs REDIS_URL)")

@@ -8,30 +8,33 @@ feeds them to the model's bulk lane. Results come back as JSONL in input order.
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import os
 import time
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
-from urllib.parse import urlsplit
 
 import orjson
+import redis
 from flask import Blueprint, Response, jsonify, request
 
-from batching import codec
+from batching import codec, webhook_target
 from batching.broker import JobView
 from batching.bulk import ACTIVE_STATES, BatchId, BatchStatus, Chunk, NewBatch, read_lines
 from batching.bulk_jobs import enqueue_ingest
 from batching.registry import PublishedModel
 from server.auth import owns, tenant
-from server.errors import ApiError, invalid, not_found
+from server.errors import ApiError, bad_request, invalid, not_found
 from server.idempotency import fingerprint as request_fingerprint
 from server.idempotency import idempotency_key
 from server.jobs import top_labels
 from server.services import services
 
 bp = Blueprint("batches", __name__, url_prefix="/v1/batches")
+log = logging.getLogger(__name__)
 
 RESULT_CHUNKS = 64
 """Chunks read per Redis round trip while streaming results."""
@@ -63,7 +66,16 @@ def create_batch():
     folder = svc.settings.batch_path()
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{bid}.jsonl"
-    total, digest = _store(_upload(), path)
+    stored = _store(_upload(), path)
+    total, digest = stored.lines, stored.digest
+    expected = request.content_length
+    raw_body = request.mimetype != "multipart/form-data"
+    if raw_body and expected is not None and stored.size != expected:
+        path.unlink(missing_ok=True)
+        raise bad_request(
+            f"the body ended after {stored.size} of its {expected} bytes (Content-Length):"
+            " nothing was created; send the whole file again"
+        )
     if total == 0:
         path.unlink(missing_ok=True)
         raise invalid("the batch holds no items (one JSON object per line)")
@@ -79,12 +91,29 @@ def create_batch():
         window_s=svc.settings.batch_window_s,
         tenant=tenant(),
     )
-    prior = svc.batches.create(new, key, svc.settings.idempotency_ttl_s)
+    try:
+        prior = svc.batches.create(new, key, svc.settings.idempotency_ttl_s)
+    except redis.RedisError:
+        path.unlink(missing_ok=True)
+        raise  # 503: nothing was recorded
     if prior is not None:
         path.unlink(missing_ok=True)
         return _replay(prior, fingerprint)
-    enqueue_ingest(svc.redis, bid)
+    try:
+        enqueue_ingest(svc.redis, bid)
+    except redis.RedisError:
+        _undo(new, key, path)
+        raise  # 503, and the batch is gone: a retry creates it afresh
     return jsonify(_created(str(bid), total)), 202
+
+
+def _undo(new: NewBatch, key: str | None, path: Path) -> None:
+    """All or nothing: forget a batch the client is about to be told was not created."""
+    try:
+        services().batches.discard(new, key)
+    except redis.RedisError as exc:  # the sweeper never starts a batch with no ingest job
+        log.warning("batch %s: cannot discard (%s)", new.id, exc)
+    path.unlink(missing_ok=True)
 
 
 def _created(batch_id: str, total: int | None = None) -> dict[str, Any]:
@@ -122,18 +151,28 @@ def _upload() -> IO[bytes]:
     return request.stream
 
 
-def _store(source: IO[bytes], path: Path) -> tuple[int, str]:
-    """Copy ``source`` to ``path`` in 1 MiB blocks: (non-blank lines, sha256 of the bytes).
+@dataclass(frozen=True)
+class Stored:
+    """What :func:`_store` wrote: bytes, non-blank lines, and the sha256 of the bytes."""
+
+    size: int
+    lines: int
+    digest: str
+
+
+def _store(source: IO[bytes], path: Path) -> Stored:
+    """Copy ``source`` to ``path`` in 1 MiB blocks, counting and hashing on the way.
 
     Blocks, not lines: a line-at-a-time read of a WSGI input is slow for long lines,
     and each block yields to other requests (under gevent) while the file arrives.
     """
-    digest, count, open_line = hashlib.sha256(), 0, False
+    digest, count, size, open_line = hashlib.sha256(), 0, 0, False
     partial = path.with_suffix(".part")
     try:
         with open(partial, "wb") as out:
             for block in iter(lambda: source.read(BLOCK), b""):
                 out.write(block)
+                size += len(block)
                 digest.update(block)
                 *ended, rest = block.split(b"\n")
                 for line in ended:
@@ -145,15 +184,16 @@ def _store(source: IO[bytes], path: Path) -> tuple[int, str]:
         os.replace(partial, path)
     finally:
         partial.unlink(missing_ok=True)
-    return count, digest.hexdigest()
+    return Stored(size, count, digest.hexdigest())
 
 
 def _webhook_url(url: str | None) -> str | None:
     if not url:
         return None
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise invalid(f"webhook_url must be an http(s) URL, got {url!r}")
+    try:
+        webhook_target.check(url, services().settings)
+    except webhook_target.WebhookRefused as exc:
+        raise invalid(str(exc)) from None
     if services().settings.webhook_secret is None:
         raise invalid(
             "this server signs webhooks but has no secret: set FUSIONSERVE_WEBHOOK_SECRET"
@@ -213,14 +253,7 @@ def list_batches():
     before_ms = int(before_s * 1000) if before_s is not None else None
     name = request.args.get("model")
     models = [name] if name else svc.registry.names()
-    found = [
-        s
-        for m in models
-        for b in svc.batches.list(m, limit, before_ms)
-        if (s := svc.batches.status(b)) and owns(s.tenant)
-    ]
-    found.sort(key=lambda s: s.created_at, reverse=True)
-    page = found[:limit]
+    page = [s for s in svc.batches.page(models, tenant(), limit, before_ms) if owns(s.tenant)]
     body: dict[str, Any] = {"batches": [s.model_dump(mode="json") for s in page]}
     body["next"] = (
         f"/v1/batches?limit={limit}&before={page[-1].created_at}"

@@ -181,3 +181,22 @@ def test_sigkill_of_a_model_worker_mid_batch_loses_no_item(
     rows = results(stack.url, batch_id)
     assert [r["custom_id"] for r in rows] == [f"id-{i}" for i in range(2000)]
     assert {r["status"] for r in rows} == {"done"}
+
+
+def test_an_ingest_that_keeps_failing_fails_the_batch_after_bounded_restarts(
+    stack_factory, redis_client, tmp_path
+) -> None:
+    stack = bulk_stack(stack_factory, tmp_path, FUSIONSERVE_INGEST_MAX_RESTARTS="2")
+    stack.start_api()
+    publish_then_pause(stack, MODEL)
+    batch_id = submit(stack.url, b'{"text": "x"}\n')
+    bid = BatchId.parse(batch_id)
+    assert bid is not None
+    redis_client.hset(bid.key, "deadline_ms", "soon")  # every ingest raises ValueError
+    stack.start_bulk_worker()
+    with httpx.Client(base_url=stack.url, timeout=30) as http:
+        status = wait_settled(http, batch_id, timeout_s=90)
+    assert status["status"] == "failed"
+    assert "ingest failed 3 times" in status["error"] and "ValueError" in status["error"]
+    assert field(redis_client, batch_id, "ingest_runs") == 3
+    assert not redis_client.sismember(keys.batches_active(MODEL), batch_id)

@@ -43,6 +43,7 @@ def stack(module_stack_factory, tmp_path_factory):
         DEMO.parent,
         FUSIONSERVE_DATA_DIR=str(data_dir),
         FUSIONSERVE_WEBHOOK_SECRET=SECRET,
+        FUSIONSERVE_WEBHOOK_ALLOW_PRIVATE="1",  # the receivers are on 127.0.0.1
         FUSIONSERVE_WEBHOOK_BACKOFF_S="1",
         FUSIONSERVE_SWEEP_INTERVAL_S="0.2",
     )

@@ -16,9 +16,14 @@ then only retries or fails the job; the lease lets a new ingest take over within
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import logging
 import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -35,10 +40,12 @@ from worker.webhooks import retry_policy
 
 log = logging.getLogger("fusionserve.bulk")
 
-QUEUES = (keys.BULK_QUEUE, keys.WEBHOOK_QUEUE)
+PR_SET_PDEATHSIG = 1
 FILE_SWEEP_S = 60.0
 STALE_UPLOAD_S = 3600.0
 """A partial upload this old was abandoned (its API process died mid-request)."""
+UNQUEUED_S = 60.0
+"""A batch recorded this long ago whose ingest was never queued is failed, never started."""
 
 
 class Sweeper:
@@ -88,10 +95,21 @@ class Sweeper:
             return  # all fed: the model workers (and their reclaim) finish the rest
         seconds, micros = self.redis.time()
         now_ms = seconds * 1000 + micros // 1000
+        if not fields.get("ingest_job"):
+            # Never queued: its API answered 503 and could not discard it. Never start it.
+            if now_ms - int(fields.get("created_at", now_ms)) > UNQUEUED_S * 1000:
+                self.store.stop(bid, "failed", "its creation failed (the API answered 503)")
+            return
         if int(fields.get("lease_until", 0)) > now_ms:
             return
         grace_s = self.settings.ingest_lease_s
         if ingest_waiting_or_fresh(self.redis, fields.get("ingest_job"), grace_s):
+            return
+        runs = int(fields.get("ingest_runs", 1))
+        if runs > self.settings.ingest_max_restarts:
+            reason = fields.get("ingest_error") or "its ingest stopped without an error"
+            log.error("batch %s: ingest failed %d times (%s); failing the batch", bid, runs, reason)
+            self.store.stop(bid, "failed", f"ingest failed {runs} times; last: {reason}")
             return
         log.warning("batch %s: its ingest stopped renewing its lease; restarting it", bid)
         enqueue_ingest(self.redis, bid)
@@ -132,20 +150,38 @@ def _older_than(path: Path, seconds: float) -> bool:
 
 
 def run_bulk_worker(settings: Settings, queues: list[str] | None = None) -> int:
+    """An RQ worker on ``queues``. By default this process ingests, and a second one of its
+    own (stopped with it) delivers webhooks: a slow receiver never delays an ingest."""
     if not settings.redis_url:
         log.error("REDIS_URL is not set (fusionserve up starts an embedded server for you)")
         return 2
     client = redis.Redis.from_url(settings.redis_url)
     Path(settings.batch_path()).mkdir(parents=True, exist_ok=True)
     os.nice(settings.bulk_nice)  # ingest is background work: the API and model workers go first
+    names = queues or [keys.BULK_QUEUE]
+    hooks = None if queues else _spawn_webhook_worker()  # before any thread starts
     stop = threading.Event()
     sweeper = Sweeper(client, settings)
     threading.Thread(target=sweeper.run, args=(stop,), name="sweeper", daemon=True).start()
-    names = queues or list(QUEUES)
     worker = Worker([Queue(n, connection=client) for n in names], connection=client)
     log.info("bulk worker %s on %s", worker.name, ", ".join(names))
     try:
         worker.work(with_scheduler=True, logging_level="WARNING")
     finally:
         stop.set()
+        if hooks is not None:
+            hooks.terminate()
+            hooks.wait(30)
     return 0
+
+
+def _spawn_webhook_worker() -> subprocess.Popen[bytes]:
+    """``fusionserve bulk-worker --queue fusionserve-webhooks``, ended if this process dies."""
+    command = [sys.executable, "-m", "fusionserve.cli", "bulk-worker", "--queue"]
+    return subprocess.Popen([*command, keys.WEBHOOK_QUEUE], preexec_fn=_die_with_parent)
+
+
+def _die_with_parent() -> None:
+    """Linux: the child gets SIGTERM when its parent exits, even by SIGKILL."""
+    with contextlib.suppress(OSError):  # not Linux: stopped by the parent's finally only
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)

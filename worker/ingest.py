@@ -91,6 +91,9 @@ class Ingest:
             return "failed"
         except LeaseLost:
             return "lease lost"
+        except Exception as exc:  # the sweeper retries a bounded number of times, then fails
+            self.store.redis.hset(self.bid.key, "ingest_error", f"{type(exc).__name__}: {exc}")
+            raise
 
     def feed(
         self, lines: Iterator[tuple[int, int, bytes]], fields: dict[str, str], model: PublishedModel
