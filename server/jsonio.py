@@ -41,7 +41,7 @@ def parse_json(raw: bytes, what: str = "the body") -> Any:
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise bad_request(f"{what} is not valid JSON: {exc}") from None
+        raise bad_request(f"{what} is not valid JSON (malformed JSON: {exc})") from None
 
 
 def json_object(raw: bytes, what: str = "the body") -> dict[str, Any]:
