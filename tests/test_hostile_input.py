@@ -378,3 +378,41 @@ def test_big_inputs_are_refused_before_they_cost_memory(stack_factory, redis_cli
     growth = {pid: (after[pid] - before[pid]) / 1024 for pid in pids}
     print(f"API peak RSS (VmHWM, KiB) before {before}, after {after}; growth MiB {growth}")
     assert max(growth.values()) < PEAK_GROWTH_MIB, growth
+
+
+# --- bulk batches -------------------------------------------------------------------------
+
+
+def test_bulk_lines_with_hostile_input_fail_alone(stack_factory) -> None:
+    """Bulk ingest runs the same checks: the bad lines fail with the reason, the rest run."""
+    from helpers import wait_settled
+
+    stack = stack_factory(DEMO.parent)
+    stack.start_api()
+    stack.start_worker(MODEL)
+    stack.wait_ready(MODEL, 1)
+    stack.start_bulk_worker()
+    lines = [
+        sample_item(),
+        {**sample_item(), "text": "z" * 1_000_000},
+        tensor_item(input_ids=[2, 10**12, 6]),
+        tensor_item(image=np.full((3, 64, 64), 1e39).tolist()),
+        {"text": "what colour?", "image": b64(png(5792, 5792))},
+        sample_item(),
+    ]
+    body = b"".join(orjson.dumps(line) + b"\n" for line in lines)
+    with httpx.Client(base_url=stack.url, timeout=60) as http:
+        created = http.post("/v1/batches", params={"model": MODEL}, content=body)
+        assert created.status_code == 202, created.text
+        batch_id = created.json()["batch_id"]
+        status = wait_settled(http, batch_id)
+        assert status["counts"]["done"] == 2 and status["counts"]["failed"] == 4, status
+        rows = [
+            orjson.loads(r)
+            for r in http.get(f"/v1/batches/{batch_id}/results").content.splitlines()
+        ]
+    errors = {r["line"]: r["error"]["message"] for r in rows if r["status"] == "failed"}
+    assert "longer than 65536" in errors[2]
+    assert "token ids" in errors[3]
+    assert "NaN or infinity" in errors[4]
+    assert "5792x5792 pixels" in errors[5]
