@@ -349,8 +349,7 @@ def infer(name: str, version: str | None = None):
     if not model.ready_workers:  # a synchronous caller would only wait for its timeout
         raise ApiError(503, "not_ready", f"model '{name}' has no ready worker")
     req = _parse(read_body())
-    tensors, rows = _tensors(req, model)
-    params = req.parameters
+    params = req.parameters  # checked before the inputs are decoded
     timeout_us = params.get("timeout")
     if timeout_us is not None and (not _is_int(timeout_us) or timeout_us <= 0):
         raise bad_request("parameter 'timeout' must be a positive number of microseconds")
@@ -358,6 +357,7 @@ def infer(name: str, version: str | None = None):
     if priority is not None and (not _is_int(priority) or priority < 0):
         raise bad_request("parameter 'priority' must be a non-negative integer")
     timeout_ms = max(1, timeout_us // 1000) if timeout_us else None
+    tensors, rows = _tensors(req, model)
     ref = svc.queue.submit(
         model,
         tensors,
