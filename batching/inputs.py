@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import warnings
 import wave
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -22,8 +23,12 @@ from batching import assembly
 from batching.items import Item
 from batching.model_config import TensorSpec
 from batching.registry import PublishedModel
+from batching.settings import get_settings
 
-Image.MAX_IMAGE_PIXELS = 4096 * 4096
+# decode_image refuses anything over the limit from the header, before decoding: PIL's own
+# check is a backstop (it raises at twice its limit), and its warning below that is noise
+Image.MAX_IMAGE_PIXELS = get_settings().max_image_pixels
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 IMAGE_FORMATS = ("PNG", "JPEG")
 
 
@@ -76,6 +81,7 @@ def _stacked_named_tensors(
             check_batch_shape(spec.name, array, spec)
             tensors[spec.name] = array
         check_shared_dims(tensors, model)
+        check_values(tensors, model)
     except InvalidInput:
         return None
     return tensors
@@ -89,8 +95,11 @@ def pad_values(model: PublishedModel) -> dict[str, int]:
 def item_tensors(item: Item, model: PublishedModel) -> dict[str, np.ndarray]:
     """One item's tensors, each with a leading batch dimension of 1."""
     if item.inputs is not None:
-        return named_tensors(item.inputs, model)
-    return raw_tensors(item, model)
+        tensors = named_tensors(item.inputs, model)
+    else:
+        tensors = raw_tensors(item, model)
+    check_values(tensors, model)
+    return tensors
 
 
 def named_tensors(given: dict[str, Any], model: PublishedModel) -> dict[str, np.ndarray]:
@@ -131,6 +140,8 @@ def to_array(name: str, value: Any, spec: TensorSpec) -> np.ndarray:
         raise invalid(
             f"input '{name}' must hold numbers of type {spec.datatype}, got {array.dtype}"
         )
+    if dtype.kind != "b" and (array.dtype.kind == "b" or _holds_bool(value, dtype)):
+        raise invalid(f"input '{name}' expects {spec.datatype} numbers, not booleans")
     if dtype.kind in "iu" and array.dtype.kind == "f":
         raise invalid(f"input '{name}' expects {spec.datatype} integers, got floating-point values")
     if dtype.kind == "b" and array.dtype.kind != "b":
@@ -140,6 +151,39 @@ def to_array(name: str, value: Any, spec: TensorSpec) -> np.ndarray:
         if array.min() < info.min or array.max() > info.max:
             raise invalid(f"input '{name}' has values outside the range of {spec.datatype}")
     return array.astype(dtype, copy=False)
+
+
+def _holds_bool(value: Any, dtype: np.dtype) -> bool:
+    """True/false among integers: numpy would read them as 1/0. Scanned for integer inputs
+    only (token ids: short); a walk of every float of an image would cost the hot path."""
+    if dtype.kind not in "iu":
+        return False
+    pending = [value]
+    while pending:
+        x = pending.pop()
+        if isinstance(x, list):
+            pending.extend(x)
+        elif isinstance(x, bool):
+            return True
+    return False
+
+
+def check_values(tensors: dict[str, np.ndarray], model: PublishedModel) -> None:
+    """Values the model cannot run on, refused before they are queued: NaN or infinity
+    (also a float32 overflow such as 1e39) and token ids outside the vocabulary (the
+    embedding's rows; its Gather would fail the whole batch)."""
+    for name, array in tensors.items():
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            raise invalid(f"input '{name}' holds NaN or infinity (or a value its type overflows)")
+    text = model.meta.config.preprocessing.text
+    if text is None or model.tokenizer is None or text.ids_input not in tensors:
+        return
+    ids, vocab = tensors[text.ids_input], model.tokenizer.get_vocab_size()
+    if ids.size and (ids.min() < 0 or ids.max() >= vocab):
+        raise invalid(
+            f"input '{text.ids_input}' has token ids outside [0, {vocab}) "
+            f"(the vocabulary of model {model.name})"
+        )
 
 
 def check_batch_shape(name: str, array: np.ndarray, spec: TensorSpec) -> None:
@@ -198,8 +242,11 @@ def text_tensors(texts: Sequence[str], model: PublishedModel) -> dict[str, np.nd
     pre = model.meta.config.preprocessing.text
     if pre is None or model.tokenizer is None:
         raise invalid(f"model {model.name} takes no 'text'")
+    limit = get_settings().max_text_chars
     rows = []
     for text in texts:
+        if len(text) > limit:  # before the tokenizer, whose memory grows with the text
+            raise invalid(f"'text' is {len(text)} characters, longer than {limit}")
         if not text.strip():
             raise invalid("'text' is empty")
         ids = model.tokenizer.encode(text).ids[: pre.max_length]
@@ -219,7 +266,6 @@ def _base64(encoded: str, field: str) -> bytes:
         raise invalid(f"'{field}' is not valid base64") from None
 
 
-MAX_AUDIO_SECONDS = 600
 _PCM = {1: np.dtype("u1"), 2: np.dtype("<i2"), 4: np.dtype("<i4")}
 
 
@@ -230,8 +276,9 @@ def decode_audio(data: bytes, settings: Any) -> np.ndarray:
         with wave.open(io.BytesIO(data), "rb") as wav:
             channels, width, rate = wav.getnchannels(), wav.getsampwidth(), wav.getframerate()
             frames = wav.getnframes()
-            if frames > MAX_AUDIO_SECONDS * rate:
-                raise invalid(f"'audio' is longer than {MAX_AUDIO_SECONDS} s")
+            limit_s = get_settings().max_audio_seconds
+            if frames > limit_s * rate:
+                raise invalid(f"'audio' is longer than {limit_s:g} s")
             raw = wav.readframes(frames)
     except (wave.Error, EOFError) as exc:
         raise invalid(f"'audio' could not be decoded as a PCM WAV file: {exc}") from None
@@ -258,11 +305,22 @@ def decode_audio(data: bytes, settings: Any) -> np.ndarray:
 
 
 def decode_image(data: bytes, settings: Any) -> np.ndarray:
-    """An encoded PNG or JPEG as the model's normalised image tensor (no batch dim)."""
+    """An encoded PNG or JPEG as the model's normalised image tensor (no batch dim).
+
+    Its size is checked from the header (``Image.open`` reads no pixels) before decoding.
+    """
+    limit = get_settings().max_image_pixels
     try:
         with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as img:
+            width, height = img.size
+            if width * height > limit:
+                raise invalid(f"'image' is {width}x{height} pixels; the limit is {limit} pixels")
             img = img.convert("RGB")
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError, ValueError) as exc:
+    except InvalidInput:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise invalid(f"'image' is over the limit of {limit} pixels: {exc}") from None
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise invalid(f"'image' could not be decoded as PNG or JPEG: {exc}") from None
     return preprocess_image(img, settings)
 

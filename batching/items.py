@@ -32,6 +32,20 @@ class Item(BaseModel):
         return self
 
 
+class TooManyItems(ValueError):
+    """More items (or ``/v2`` rows) than one request may carry: the API answers 413."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+def check_count(count: int, limit: int, what: str = "items", per: str = "submission") -> None:
+    """Refuse ``count`` items over ``limit``: called on the raw count, before any is decoded."""
+    if count > limit:
+        raise TooManyItems(f"{count} {what} exceed the limit of {limit} per {per}")
+
+
 def describe_errors(exc: ValidationError, limit: int = 5) -> str:
     """Pydantic's errors as one line a client can act on: ``where: what`` for each."""
     parts = []

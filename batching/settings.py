@@ -39,8 +39,6 @@ class Settings(BaseSettings):
     api_worker_class: str = Field(
         "gevent", description="gunicorn worker class; gevent parks long-polls as greenlets"
     )
-    max_items: int = Field(1024, ge=1, description="most items in one submission")
-    max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024)
     redis_max_connections: int = Field(256, ge=2, description="per API process")
     max_wait_s: float = Field(60.0, gt=0, description="longest ?wait= a client may ask for")
 
@@ -57,6 +55,19 @@ class Settings(BaseSettings):
         description="a request whose body has not fully arrived this long after its headers "
         "is answered 408 and its connection closed",
     )
+
+    # Input limits: each is checked before any work is done on what it bounds
+    max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="request body cap")
+    max_items: int = Field(
+        1024, ge=1, description="most items in one /v1 submission, rows in one /v2 request"
+    )
+    max_text_chars: int = Field(
+        65_536, ge=1, description="longest raw text, in characters, checked before tokenizing"
+    )
+    max_image_pixels: int = Field(
+        4096 * 4096, ge=1, description="largest raw image (width x height, from its header)"
+    )
+    max_audio_seconds: float = Field(600.0, gt=0, description="longest raw audio clip")
 
     # Access control
     auth: Literal["off", "keys"] = Field(

@@ -9,6 +9,7 @@ from flask import Flask, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from batching.inputs import InvalidInput
+from batching.items import TooManyItems
 
 
 class ApiError(Exception):
@@ -21,6 +22,10 @@ class ApiError(Exception):
 
 def from_invalid_input(exc: InvalidInput) -> ApiError:
     return ApiError(422, "invalid_input", exc.message, **exc.extra)
+
+
+def from_too_many(exc: TooManyItems) -> ApiError:
+    return ApiError(413, "too_many_items", exc.message)
 
 
 def bad_request(message: str) -> ApiError:
@@ -65,6 +70,10 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(InvalidInput)
     def _invalid_input(exc: InvalidInput):
         return _api_error(from_invalid_input(exc))
+
+    @app.errorhandler(TooManyItems)
+    def _too_many(exc: TooManyItems):
+        return _api_error(from_too_many(exc))
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):

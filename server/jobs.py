@@ -1,7 +1,8 @@
 """Job ids and how a job looks to clients.
 
 A job id addresses one row of one queue entry: ``<model>.<entry ref>.<row>``, where the
-reference is ``<stream entry id>-<priority level>``. So a
+reference is ``<stream entry id>-<priority level>``; a row is written canonically (``.2``,
+never ``.02``), so one job has one id. So a
 list of 64 items is one entry and one record, and reading one item reads that record.
 """
 
@@ -18,7 +19,7 @@ from batching.broker import JobView
 from batching.registry import PublishedModel
 
 JOB_ID = re.compile(
-    r"^(?P<model>[A-Za-z0-9_-]{1,64})\.(?P<entry>\d{1,20}-\d{1,20}-\d{1,2})\.(?P<row>\d{1,6})$"
+    r"^(?P<model>[A-Za-z0-9_-]{1,64})\.(?P<entry>\d{1,20}-\d{1,20}-\d{1,2})\.(?P<row>0|[1-9]\d{0,5})$"
 )
 
 

@@ -1,4 +1,5 @@
-"""``/openapi.json``: an OpenAPI 3.1 document of ``/v1``, generated from the pydantic models.
+"""``/openapi.json``: an OpenAPI 3.1 document of ``/v1`` and ``/v2`` (the KServe V2 inference
+protocol's JSON form), generated from the pydantic models.
 
 Request bodies are the models the API validates with (``Submission``); response bodies
 are described by the models below, so the document cannot drift from the code without
@@ -15,7 +16,7 @@ from pydantic.json_schema import models_json_schema
 
 import fusionserve
 from batching.bulk import BatchStatus
-from server.schemas import Submission
+from server.schemas import Submission, V2Datatype, V2Request
 
 bp = Blueprint("openapi", __name__)
 
@@ -92,8 +93,54 @@ class BatchResultLine(BaseModel):
     error: ErrorDetail | dict[str, Any] | None
 
 
+class V2Error(BaseModel):
+    """Every ``/v2`` error, as the protocol has it: a 4xx or 5xx with this body."""
+
+    error: str
+
+
+class V2ServerMetadata(BaseModel):
+    name: str
+    version: str
+    extensions: list[str]
+
+
+class V2TensorMetadata(BaseModel):
+    name: str
+    datatype: V2Datatype
+    shape: list[int] = Field(description="-1: any size (the first dimension: the rows)")
+
+
+class V2ModelMetadata(BaseModel):
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[V2TensorMetadata]
+    outputs: list[V2TensorMetadata]
+
+
+class V2OutputTensor(BaseModel):
+    name: str
+    datatype: V2Datatype
+    shape: list[int]
+    data: list[Any] | None = None
+    parameters: dict[str, Any] | None = None
+
+
+class V2Response(BaseModel):
+    model_name: str
+    model_version: str
+    id: str | None = None
+    outputs: list[V2OutputTensor]
+
+
 MODELS: list[type[BaseModel]] = [
     Submission,
+    V2Request,
+    V2Error,
+    V2ServerMetadata,
+    V2ModelMetadata,
+    V2Response,
     ErrorBody,
     Submitted,
     SubmittedMany,
@@ -116,17 +163,72 @@ def _json(model_or_schema: Any, description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
-def _errors(*statuses: int) -> dict[str, Any]:
-    reasons = {
-        400: "malformed request",
-        404: "unknown model, job or batch",
-        409: "not possible in the current state",
-        413: "body or item count over the limit",
-        422: "input that does not fit the model",
-        429: "queue full (Retry-After says when to retry)",
-        503: "Redis unreachable (Retry-After)",
+REASONS = {
+    400: "malformed request",
+    404: "unknown model, job or batch",
+    409: "not possible in the current state",
+    413: "body or item count over the limit",
+    422: "input that does not fit the model",
+    429: "queue full (Retry-After says when to retry)",
+    500: "the model failed on the input",
+    503: "Redis unreachable, or no worker serves the model (Retry-After)",
+    504: "not finished within the request's timeout",
+}
+
+
+def _errors(*statuses: int, body: type[BaseModel] = ErrorBody) -> dict[str, Any]:
+    return {str(s): _json(body, REASONS[s]) for s in statuses}
+
+
+def _v2_paths(model: dict[str, Any]) -> dict[str, Any]:
+    """The KServe V2 protocol as served here (binary tensor data: the same path, another
+    content type, not described)."""
+    empty = {"description": "no body"}
+    infer = {
+        "summary": "Run inference synchronously (rows: the inputs' first dimension)",
+        "parameters": [model],
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": _ref(V2Request)}},
+        },
+        "responses": {
+            "200": _json(V2Response, "the outputs"),
+            **_errors(400, 404, 413, 422, 429, 500, 503, 504, body=V2Error),
+        },
     }
-    return {str(s): _json(ErrorBody, reasons[s]) for s in statuses}
+    return {
+        "/v2": {
+            "get": {
+                "summary": "Server metadata",
+                "responses": {"200": _json(V2ServerMetadata, "the server")},
+            }
+        },
+        "/v2/health/live": {"get": {"summary": "Liveness", "responses": {"200": empty}}},
+        "/v2/health/ready": {
+            "get": {
+                "summary": "Readiness: some model has a ready worker",
+                "responses": {"200": empty, "503": empty},
+            }
+        },
+        "/v2/models/{name}": {
+            "get": {
+                "summary": "A model's metadata: its inputs and outputs",
+                "parameters": [model],
+                "responses": {
+                    "200": _json(V2ModelMetadata, "the model"),
+                    **_errors(404, 503, body=V2Error),
+                },
+            }
+        },
+        "/v2/models/{name}/ready": {
+            "get": {
+                "summary": "Whether a worker serves the model",
+                "parameters": [model],
+                "responses": {"200": empty, **_errors(404, 503, body=V2Error)},
+            }
+        },
+        "/v2/models/{name}/infer": {"post": infer},
+    }
 
 
 def _param(name: str, where: str, schema: dict[str, Any], required: bool = False) -> dict:
@@ -234,6 +336,7 @@ def document() -> dict[str, Any]:
                 "responses": {"200": _json(BatchStatus, "cancelled"), **_errors(404, 409, 503)},
             },
         },
+        **_v2_paths(model),
         "/v1/batches/{batch_id}/results": {
             "get": {
                 "summary": "The results as JSONL, one BatchResultLine per input line, in order",
@@ -253,8 +356,8 @@ def document() -> dict[str, Any]:
         "info": {
             "title": "fusionserve",
             "version": fusionserve.__version__,
-            "description": "Asynchronous inference with dynamic batching: the /v1 API. "
-            "The KServe V2 protocol is served at /v2 (its own specification).",
+            "description": "Asynchronous inference with dynamic batching: the /v1 API, and "
+            "synchronous inference over the same queue with the KServe V2 protocol at /v2.",
         },
         "paths": paths,
         "components": {"schemas": definitions["$defs"]},

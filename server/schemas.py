@@ -1,20 +1,23 @@
-"""Request bodies of the ``/v1`` API, validated at the edge."""
+"""Request bodies of the ``/v1`` and ``/v2`` APIs, validated at the edge (and described by
+``/openapi.json`` from these very models)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
 
 from batching.items import Item
+from batching.model_config import V2_TO_NUMPY
 
 
 class Submission(Item):
     """``POST /v1/models/<m>/infer``: one item, or ``items`` (one queue entry for all)."""
 
     items: list[Item] | None = None
-    priority: int | None = Field(None, ge=1)
-    timeout_ms: int | None = Field(None, ge=1)
+    # strict: true and "1" are not numbers (lax pydantic would read them as 1)
+    priority: StrictInt | None = Field(None, ge=1)
+    timeout_ms: StrictInt | None = Field(None, ge=1)
 
     @model_validator(mode="before")
     @classmethod
@@ -37,3 +40,39 @@ class Submission(Item):
         if self.items is not None:
             return self.items
         return [Item(inputs=self.inputs, text=self.text, image=self.image, audio=self.audio)]
+
+
+# --- /v2: the KServe V2 inference protocol ------------------------------------------------
+
+MAX_RANK = 8
+V2Datatype = Literal[(*V2_TO_NUMPY, "BYTES")]  # type: ignore[valid-type]
+Dim = Annotated[int, Field(strict=True, ge=0)]
+"""A dimension: a non-negative integer, never true, 1.0 or "1"."""
+
+
+class V2Tensor(BaseModel):
+    """One input: ``data`` is row-major (flat or nested); BYTES carries raw text, images, audio."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str
+    shape: list[Dim] = Field(max_length=MAX_RANK)
+    datatype: V2Datatype
+    data: Any = None
+    parameters: dict[str, Any] = Field(default_factory=dict)
+
+
+class V2Output(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    name: str
+    parameters: dict[str, Any] = Field(default_factory=dict)
+
+
+class V2Request(BaseModel):
+    """``POST /v2/models/<m>/infer``: the rows are the inputs' first dimension."""
+
+    id: str | None = None
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    inputs: list[V2Tensor] = Field(min_length=1)
+    outputs: list[V2Output] | None = None

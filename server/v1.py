@@ -8,12 +8,13 @@ from pydantic import ValidationError
 from batching import keys
 from batching.broker import Replayed
 from batching.inputs import entry_tensors
-from batching.items import describe_errors
+from batching.items import check_count, describe_errors
 from batching.registry import PublishedModel
 from server.auth import owns, tenant
 from server.errors import ApiError, bad_request, invalid, not_found
 from server.idempotency import fingerprint, idempotency_key
 from server.jobs import JobId, job_ids, render
+from server.jsonio import json_object, read_body
 from server.schemas import Submission
 from server.services import services
 
@@ -27,27 +28,15 @@ def _model(name: str) -> PublishedModel:
     return model
 
 
-def _json_body() -> dict:
-    body = request.get_json(force=True, silent=True)  # curl -d sends a form content type
-    if body is None:
-        raise bad_request("the body must be a JSON object")
-    if not isinstance(body, dict):
-        raise bad_request("the body must be a JSON object")
-    return body
-
-
 @bp.post("/models/<name>/infer")
 def submit(name: str):
     svc = services()
     model = _model(name)
-    raw = _json_body()
+    body = read_body()
+    raw = json_object(body)  # whatever the content type: curl -d sends a form one
     items = raw.get("items")
-    if isinstance(items, list) and len(items) > svc.settings.max_items:
-        raise ApiError(
-            413,
-            "too_many_items",
-            f"{len(items)} items exceed the limit of {svc.settings.max_items} per submission",
-        )
+    if isinstance(items, list):
+        check_count(len(items), svc.settings.max_items)
     try:
         submission = Submission.model_validate(raw)
     except ValidationError as exc:
@@ -56,7 +45,7 @@ def submit(name: str):
     key = idempotency_key()
     idempotency = None
     if key is not None:
-        remembered = f"{fingerprint(name, request.get_data())}\n{len(items)}"
+        remembered = f"{fingerprint(name, body)}\n{len(items)}"
         idempotency = (
             keys.idempotency(name, "infer", f"{tenant()}\n{key}"),  # per tenant
             remembered,

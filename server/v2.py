@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 from flask import Blueprint, Response, jsonify, request
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
 import fusionserve
 from batching import codec
@@ -24,11 +24,13 @@ from batching.inputs import (
     check_batch_shape,
     check_names,
     check_shared_dims,
+    check_values,
     decode_audio,
     decode_image,
     text_tensors,
     to_array,
 )
+from batching.items import TooManyItems, check_count
 from batching.model_config import NUMPY_TO_V2
 from batching.registry import PublishedModel
 from server import v2_wire
@@ -37,10 +39,13 @@ from server.errors import (
     ApiError,
     bad_request,
     from_invalid_input,
+    from_too_many,
     invalid,
     not_found,
     with_headers,
 )
+from server.jsonio import read_body
+from server.schemas import V2Output, V2Request, V2Tensor
 from server.services import services
 
 bp = Blueprint("v2", __name__, url_prefix="/v2")
@@ -49,33 +54,14 @@ EXTENSIONS = ["binary_tensor_data", "statistics", "model_repository"]
 TEXT_INPUT = "text"
 
 
-class V2Tensor(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-    name: str
-    shape: list[int] = Field(max_length=8)
-    datatype: str
-    data: Any = None
-    parameters: dict[str, Any] = Field(default_factory=dict)
-
-
-class V2Output(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-    name: str
-    parameters: dict[str, Any] = Field(default_factory=dict)
-
-
-class V2Request(BaseModel):
-    id: str | None = None
-    parameters: dict[str, Any] = Field(default_factory=dict)
-    inputs: list[V2Tensor] = Field(min_length=1)
-    outputs: list[V2Output] | None = None
-
-
 @bp.errorhandler(InvalidInput)
 def v2_invalid_input(exc: InvalidInput):
     return v2_error(from_invalid_input(exc))
+
+
+@bp.errorhandler(TooManyItems)
+def v2_too_many(exc: TooManyItems):
+    return v2_error(from_too_many(exc))
 
 
 @bp.errorhandler(ApiError)
@@ -246,9 +232,15 @@ def _triton_type(datatype: str) -> str:
 
 
 def _parse(raw: bytes) -> V2Request:
+    """The request, its shapes and row count checked before any input's data is decoded."""
     header, binary = v2_wire.split_body(raw, request.headers.get(v2_wire.HEADER_LENGTH))
     inputs = header.get("inputs")
     if isinstance(inputs, list) and all(isinstance(t, dict) for t in inputs):
+        for t in inputs:
+            if "shape" in t:  # a missing one is pydantic's to report
+                v2_wire.check_shape(t["shape"], t.get("name"))
+        rows = max((t["shape"][0] for t in inputs if t.get("shape")), default=0)
+        check_count(rows, services().settings.max_items, "rows", "request")
         v2_wire.decode_binary_inputs(inputs, binary)
     elif len(binary):
         raise bad_request("binary data without inputs that claim it")
@@ -307,20 +299,23 @@ def _tensors(req: V2Request, model: PublishedModel) -> tuple[dict[str, np.ndarra
     if len(rows) != 1:
         raise invalid(f"inputs disagree on the batch size: {sorted(rows)}")
     check_shared_dims(tensors, model)
+    check_values(tensors, model)
     return tensors, rows.pop()
 
 
 def _bytes_rows(t: V2Tensor) -> list[bytes]:
-    """One BYTES element per row: shape [N] or [N, 1]."""
-    if not t.shape or math.prod(t.shape) != t.shape[0]:
+    """One BYTES element per row: shape [N] or [N, 1], N at least 1."""
+    if not t.shape or t.shape[0] == 0 or math.prod(t.shape) != t.shape[0]:
         raise invalid(
-            f"input '{t.name}': BYTES inputs take one element per row, shape [N] or [N, 1]"
+            f"input '{t.name}': BYTES inputs take at least one row and one element per row, "
+            f"shape [N] or [N, 1]; got {t.shape}"
         )
     data = t.data
     if isinstance(data, np.ndarray):
         elements = list(data.ravel())
     elif isinstance(data, list):
-        elements = [e.encode() if isinstance(e, str) else e for e in _flatten(data)]
+        flat = _flatten(data, len(t.shape), t.name)
+        elements = [e.encode() if isinstance(e, str) else e for e in flat]
     else:
         raise invalid(f"input '{t.name}': BYTES data must be a list of strings")
     if len(elements) != t.shape[0] or not all(isinstance(e, bytes) for e in elements):
@@ -328,8 +323,15 @@ def _bytes_rows(t: V2Tensor) -> list[bytes]:
     return elements
 
 
-def _flatten(data: list) -> list:
-    return [x for item in data for x in (_flatten(item) if isinstance(item, list) else [item])]
+def _flatten(data: list, rank: int, name: str) -> list:
+    """Nested lists to at most ``rank`` levels, level by level: data nested hundreds deep
+    is refused, never recursed into."""
+    level = data
+    for _ in range(rank - 1):
+        level = [x for item in level for x in (item if isinstance(item, list) else [item])]
+    if any(isinstance(x, list) for x in level):
+        raise invalid(f"input '{name}': data is nested deeper than its shape")
+    return level
 
 
 def _utf8(element: bytes, name: str) -> str:
@@ -346,16 +348,16 @@ def infer(name: str, version: str | None = None):
     model = _model(name, version)
     if not model.ready_workers:  # a synchronous caller would only wait for its timeout
         raise ApiError(503, "not_ready", f"model '{name}' has no ready worker")
-    req = _parse(request.get_data())
-    tensors, rows = _tensors(req, model)
-    params = req.parameters
+    req = _parse(read_body())
+    params = req.parameters  # checked before the inputs are decoded
     timeout_us = params.get("timeout")
-    if timeout_us is not None and (not isinstance(timeout_us, int) or timeout_us <= 0):
+    if timeout_us is not None and (not _is_int(timeout_us) or timeout_us <= 0):
         raise bad_request("parameter 'timeout' must be a positive number of microseconds")
     priority = params.get("priority")
-    if priority is not None and (not isinstance(priority, int) or priority < 0):
+    if priority is not None and (not _is_int(priority) or priority < 0):
         raise bad_request("parameter 'priority' must be a non-negative integer")
     timeout_ms = max(1, timeout_us // 1000) if timeout_us else None
+    tensors, rows = _tensors(req, model)
     ref = svc.queue.submit(
         model,
         tensors,
@@ -378,6 +380,10 @@ def infer(name: str, version: str | None = None):
         status = 504 if view.state == "expired" else 500
         raise ApiError(status, error.get("code", view.state), error.get("message", view.state))
     return _response(req, name, model, view.result)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)  # JSON true is no number
 
 
 def _response(req: V2Request, name: str, model: PublishedModel, result: dict[str, Any]) -> Response:

@@ -19,10 +19,11 @@ import orjson
 
 from batching.model_config import V2_TO_NUMPY
 from server.errors import bad_request
+from server.jsonio import parse_json
+from server.schemas import MAX_RANK
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 MAX_BYTES_ELEMENTS = 1 << 20
-MAX_RANK = 8
 MAX_ELEMENTS = 1 << 32
 
 
@@ -37,10 +38,7 @@ def split_body(body: bytes, header_length: str | None) -> tuple[dict[str, Any], 
             raise bad_request(f"{HEADER_LENGTH} is not a number: {header_length!r}") from None
         if not 0 <= size <= len(body):
             raise bad_request(f"{HEADER_LENGTH} {size} is outside the body of {len(body)} bytes")
-    try:
-        header = orjson.loads(body[:size])
-    except orjson.JSONDecodeError as exc:
-        raise bad_request(f"malformed JSON: {exc}") from None
+    header = parse_json(body[:size], "the inference request")
     if not isinstance(header, dict):
         raise bad_request("the inference request must be a JSON object")
     return header, memoryview(body)[size:]
@@ -67,12 +65,18 @@ def decode_binary_inputs(inputs: list[dict[str, Any]], binary: memoryview) -> No
         raise bad_request(f"{len(binary) - offset} bytes after the last binary input")
 
 
-def from_bytes(chunk: memoryview, datatype: Any, shape: Any, name: Any) -> np.ndarray:
-    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+def check_shape(shape: Any, name: Any) -> None:
+    """A shape as the protocol has it, for JSON and binary inputs alike, before any data is
+    looked at: a list of non-negative integers (not true, 1.0 or "1"), of bounded size."""
+    if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
         raise bad_request(f"input '{name}': shape must be a list of non-negative integers")
     if len(shape) > MAX_RANK or math.prod(d for d in shape if d) > MAX_ELEMENTS:
         # checked before numpy sees it: [0, 2**40, 2**40] holds nothing but cannot exist
         raise bad_request(f"input '{name}': shape {shape} is larger than any tensor accepted")
+
+
+def from_bytes(chunk: memoryview, datatype: Any, shape: Any, name: Any) -> np.ndarray:
+    check_shape(shape, name)
     count = math.prod(shape)
     if datatype == "BYTES":
         return np.array(bytes_elements(chunk, count, name), dtype=object).reshape(shape)

@@ -115,7 +115,7 @@ def test_a_body_that_is_not_json_is_400(api) -> None:
     before = entries_added(client, MODEL)
     response = http.post(f"/v1/models/{MODEL}/infer", content=b"{not json")
     assert response.status_code == 400
-    assert "JSON object" in response.json()["error"]["message"]
+    assert "not valid JSON" in response.json()["error"]["message"]
     assert entries_added(client, MODEL) == before
 
 

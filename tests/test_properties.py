@@ -5,11 +5,14 @@ client error (CodecError, or a 400 ApiError), never a crash or a huge allocation
 from __future__ import annotations
 
 import contextlib
+import math
 import struct
 
+import httpx
 import msgpack
 import numpy as np
 import orjson
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -161,3 +164,60 @@ def test_a_length_prefix_claiming_gigabytes_allocates_nothing() -> None:
         assert "runs past its data" in exc.message
     else:
         raise AssertionError("accepted a 2 GiB element from 7 bytes")
+
+
+# --- /v2 JSON inference against the served demo model ----------------------------------
+
+V2_INPUTS = [
+    ("input_ids", "INT64"),
+    ("attention_mask", "INT64"),
+    ("image", "FP32"),
+    ("text", "BYTES"),
+    ("image", "BYTES"),
+]
+"""The demo's named inputs, and the raw text and image it takes as BYTES."""
+TYPED = {
+    "INT64": st.one_of(st.integers(-2, 60), huge),
+    "FP32": st.one_of(st.floats(-2, 2), st.floats(allow_nan=False, allow_infinity=False)),
+    "BYTES": st.text(max_size=6),
+}
+ODD = st.one_of(
+    st.booleans(), st.none(), st.text(max_size=3), huge, st.lists(st.integers(0, 3), max_size=2)
+)
+dims = st.one_of(st.integers(-3, 4), st.sampled_from(["1", 1.0, True, None, 2**63]))
+
+
+@st.composite
+def v2_tensors(draw) -> dict:
+    """A tensor aimed at a real input: its shape small, odd or negative, its data often
+    exactly as long as the shape's product says (so the checks past the count are reached)."""
+    name, datatype = draw(st.sampled_from(V2_INPUTS))
+    shape = draw(st.lists(dims, max_size=4))
+    count = 0
+    if all(type(d) is int for d in shape):
+        count = abs(math.prod(shape))
+    value = st.one_of(TYPED[datatype], ODD) if draw(st.booleans()) else TYPED[datatype]
+    sized = st.lists(value, min_size=count, max_size=count) if count <= 64 else st.nothing()
+    data = draw(st.one_of(sized, st.lists(value, max_size=6), ODD))
+    return {"name": name, "shape": shape, "datatype": datatype, "data": data}
+
+
+@pytest.fixture(scope="module")
+def demo_url(served_demo) -> str:
+    return served_demo.url
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    inputs=st.lists(v2_tensors(), min_size=1, max_size=4),
+    parameters=st.dictionaries(st.sampled_from(["priority", "timeout"]), ODD, max_size=2),
+)
+def test_v2_json_inference_never_answers_5xx(demo_url, inputs, parameters) -> None:
+    body = orjson.dumps({"inputs": inputs, "parameters": parameters})
+    response = httpx.post(f"{demo_url}/v2/models/demo/infer", content=body, timeout=60)
+    assert response.status_code < 500, (inputs, parameters, response.text[:300])
+    if response.status_code >= 400:
+        assert isinstance(response.json()["error"], str)
+    else:
+        logits = response.json()["outputs"][0]["data"]
+        assert all(isinstance(x, float) for x in logits)  # never null: NaN/inf are refused
