@@ -44,6 +44,14 @@ class Settings(BaseSettings):
     redis_max_connections: int = Field(256, ge=2, description="per API process")
     max_wait_s: float = Field(60.0, gt=0, description="longest ?wait= a client may ask for")
 
+    # Redis faults (a server that stops answering without closing connections)
+    redis_timeout_s: float = Field(
+        2.0,
+        gt=0,
+        description="the longest any Redis call waits for an answer (connect, read, a free "
+        "pooled connection); past it the API answers 503 with Retry-After, workers retry",
+    )
+
     # Access control
     auth: Literal["off", "keys"] = Field(
         "off", description="keys: every /v1 and /v2 call needs Authorization: Bearer <api key>"

@@ -1,0 +1,167 @@
+"""Redis frozen (SIGSTOP: connections stay open, nothing answers) under load.
+
+Every request still ends within the configured bound (``FUSIONSERVE_REDIS_TIMEOUT_S``)
+plus slack, as a success or a 503 with ``Retry-After`` and a JSON error body; every
+/v1 job acknowledged before, during or after the freeze finishes ``done``; the API
+and the worker recover on their own once Redis answers again.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+from helpers import wait_all, wait_until
+from onnx_models import scale_model
+
+from fusionserve.embedded import EmbeddedRedis
+from fusionserve.launch import LocalStack
+
+BOUND_S = 1.0
+"""FUSIONSERVE_REDIS_TIMEOUT_S for this stack: the most any Redis call may wait."""
+SLACK_S = 4.0
+"""Scheduling on two shared cores, a reply listener noticing the loss, one re-read."""
+FREEZE_S = 15.0
+CLIENTS = 4
+
+
+@dataclass
+class Answer:
+    kind: str
+    started: float
+    seconds: float
+    status: int
+    headers: httpx.Headers
+    body: dict | None
+    error: str = ""
+
+
+def _v1(http: httpx.Client, k: int) -> httpx.Response:
+    return http.post("/v1/models/scale/infer", json={"inputs": {"x": [k, 1.0, 2.0, 3.0]}})
+
+
+def _v2(http: httpx.Client, k: int) -> httpx.Response:
+    body = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [k, 1, 2, 3]}]}
+    return http.post("/v2/models/scale/infer", json=body)
+
+
+def _json(response: httpx.Response) -> dict | None:
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    return body if isinstance(body, dict) else None
+
+
+def test_frozen_redis_bounds_every_request_and_loses_no_acknowledged_job(
+    tmp_path: Path,
+) -> None:
+    server = EmbeddedRedis(tmp_path / "valkey", appendonly=False).start()
+    assert server.process is not None
+    repo = tmp_path / "repo"
+    scale_model(repo)
+    (tmp_path / "logs").mkdir()
+    stack = LocalStack(
+        server.url,
+        repo,
+        tmp_path / "logs",
+        FUSIONSERVE_DATA_DIR=str(tmp_path / "data"),
+        FUSIONSERVE_REDIS_TIMEOUT_S=str(BOUND_S),
+    )
+    answers: list[Answer] = []
+    acknowledged: list[str] = []
+    stop = threading.Event()
+
+    def load(client: int) -> None:
+        with httpx.Client(base_url=stack.url, timeout=FREEZE_S * 4) as http:
+            k = 0
+            while not stop.is_set():
+                kind = "v1" if k % 2 == 0 else "v2"
+                started = time.monotonic()
+                try:
+                    response = (_v1 if kind == "v1" else _v2)(http, client * 100_000 + k)
+                except httpx.HTTPError as exc:  # a hang past the client timeout, a reset
+                    seconds = time.monotonic() - started
+                    answers.append(
+                        Answer(kind, started, seconds, 0, httpx.Headers(), None, repr(exc))
+                    )
+                    k += 1
+                    continue
+                seconds = time.monotonic() - started
+                body = _json(response)
+                answers.append(
+                    Answer(kind, started, seconds, response.status_code, response.headers, body)
+                )
+                if kind == "v1" and response.status_code == 202 and body:
+                    acknowledged.append(body["job_id"])
+                if response.status_code == 503:
+                    stop.wait(0.05)  # the client honours a short back-off
+                k += 1
+
+    def ok_since(moment: float) -> dict[str, int]:
+        counts = {"v1": 0, "v2": 0}
+        for a in list(answers):
+            if a.started >= moment and a.status in (200, 202):
+                counts[a.kind] += 1
+        return counts
+
+    runners = [threading.Thread(target=load, args=(c,)) for c in range(CLIENTS)]
+    try:
+        stack.start_api()
+        stack.start_worker("scale")
+        stack.wait_ready("scale", 1)
+        for runner in runners:
+            runner.start()
+        begun = time.monotonic()
+        wait_until(lambda: min(ok_since(begun).values()) >= 20, "no load got through", 120)
+        frozen_at = time.monotonic()
+        os.kill(server.process.pid, signal.SIGSTOP)
+        try:
+            stop.wait(FREEZE_S)
+        finally:
+            os.kill(server.process.pid, signal.SIGCONT)
+        thawed_at = time.monotonic()
+        with httpx.Client(base_url=stack.url, timeout=30) as http:
+            wait_until(lambda: http.get("/readyz").status_code == 200, "never ready again", 30)
+        ready_after_s = time.monotonic() - thawed_at
+        wait_until(lambda: min(ok_since(thawed_at).values()) >= 20, "no recovery under load", 60)
+        stop.set()
+        for runner in runners:
+            runner.join(FREEZE_S * 5)
+
+        during = [a for a in answers if frozen_at <= a.started < thawed_at]
+        worst = max(answers, key=lambda a: a.seconds)
+        print(
+            f"answers: {len(answers)}, during the freeze: {len(during)}, "
+            f"worst {worst.seconds:.2f} s ({worst.kind} {worst.status}), "
+            f"ready {ready_after_s:.2f} s after SIGCONT"
+        )
+        assert not [a for a in answers if a.status == 0], "requests hung or were cut off"
+        slow = [a for a in answers if a.seconds > BOUND_S + SLACK_S]
+        assert not slow, f"{len(slow)} requests took past the bound: " + ", ".join(
+            f"{a.kind} {a.status} {a.seconds:.1f}s" for a in slow[:5]
+        )
+        odd = [a for a in answers if a.status not in (200, 202, 503)]
+        assert not odd, [(a.kind, a.status, a.body) for a in odd[:5]]
+        refused = [a for a in answers if a.status == 503]
+        assert refused, "the freeze refused nothing"
+        assert all(a.headers.get("Retry-After") for a in refused)
+        assert all(a.body is not None and "error" in a.body for a in refused)
+        assert {"v1", "v2"} <= {a.kind for a in during if a.status == 503}
+        with httpx.Client(base_url=stack.url, timeout=60) as http:
+            results = wait_all(http, acknowledged, timeout_s=120)
+        lost = {j: r["status"] for j, r in results.items() if r["status"] != "done"}
+        assert not lost, f"acknowledged jobs not done: {list(lost.items())[:5]}"
+    finally:
+        stop.set()
+        os.kill(server.process.pid, signal.SIGCONT)  # never leave it stopped
+        for runner in runners:
+            if runner.is_alive():
+                runner.join(FREEZE_S * 5)
+        stack.stop()
+        server.stop()
