@@ -72,6 +72,11 @@ class ReplyListener:
         self._lock = threading.Lock()
         self._subscribed = threading.Event()
         self._unclaimed: OrderedDict[str, tuple[float, str, bytes]] = OrderedDict()
+        self._closed = threading.Event()
+
+    def close(self) -> None:
+        """Stop listening (within a tick); waiters re-read the stored result."""
+        self._closed.set()
 
     def ensure_started(self, timeout_s: float | None = None) -> None:
         """Start (once per process, after any fork) and wait until subscribed.
@@ -151,13 +156,15 @@ class ReplyListener:
 
     def _run(self) -> None:
         backoff = 0.05
-        while True:
+        while not self._closed.is_set():
             pubsub = self.redis.pubsub()
             try:
                 pubsub.subscribe(self.channel)
                 self._listen(pubsub)
             except redis.RedisError as exc:
                 log.warning("reply listener lost Redis (%s); resubscribing", exc)
+            except Exception:  # a dead listener would leave every waiter to its deadline
+                log.exception("reply listener failed; resubscribing")
             finally:
                 if self._subscribed.is_set():
                     backoff = 0.05  # it was working: try again at once, not after a long pause
@@ -169,7 +176,7 @@ class ReplyListener:
             backoff = min(backoff * 2, max(0.1, self.timeout_s / 2))
 
     def _listen(self, pubsub: redis.client.PubSub) -> None:
-        """Dispatch until Redis fails or goes silent; returns only by raising.
+        """Dispatch until Redis fails or goes silent (raises), or until closed.
 
         Reads poll for ``TICK_S`` rather than block: a blocked read cannot tell an idle
         channel from a frozen server. When nothing was heard for half the Redis timeout
@@ -177,7 +184,7 @@ class ReplyListener:
         """
         ping_every = self.timeout_s / 2
         heard = pinged = time.monotonic()
-        while True:
+        while not self._closed.is_set():
             message = pubsub.get_message(timeout=min(TICK_S, ping_every))
             now = time.monotonic()
             if message is not None:
