@@ -40,7 +40,6 @@ class Services:
             settings.redis_timeout_s,
         )
         broker = Broker(client)
-        broker, listener = Broker(client), ReplyListener(client)
         return cls(
             settings=settings,
             redis=client,
