@@ -13,7 +13,7 @@ retried once on a fresh connection, which is what a restarted server needs.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import redis
 from redis.backoff import NoBackoff
@@ -40,13 +40,14 @@ def client_from_url(
     timeout above its own BLPOP timeout; the rest get exactly the timeout.
     """
     timeout = settings.redis_timeout_s
-    options = {
+    options: dict[str, Any] = {
         "socket_timeout": timeout + block_s,
         "socket_connect_timeout": timeout,
-        "socket_keepalive": True,
         "health_check_interval": 30,
         "retry": _retry(),
     }
+    if not url.startswith("unix:"):
+        options["socket_keepalive"] = True  # TCP only: a dead peer is found even when idle
     if purpose == "api":
         pool = redis.BlockingConnectionPool.from_url(
             url, max_connections=settings.redis_max_connections, timeout=timeout, **options
