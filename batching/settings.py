@@ -69,6 +69,14 @@ class Settings(BaseSettings):
     )
     max_audio_seconds: float = Field(600.0, gt=0, description="longest raw audio clip")
 
+    # Redis faults (a server that stops answering without closing connections)
+    redis_timeout_s: float = Field(
+        2.0,
+        gt=0,
+        description="the longest any Redis call waits for an answer (connect, read, a free "
+        "pooled connection); past it the API answers 503 with Retry-After, workers retry",
+    )
+
     # Access control
     auth: Literal["off", "keys"] = Field(
         "off", description="keys: every /v1 and /v2 call needs Authorization: Bearer <api key>"

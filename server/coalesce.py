@@ -5,6 +5,12 @@ everything that queued up meanwhile as one pipeline. Under load a single round t
 carries many submissions (the per-command cost of the Redis client and the socket
 calls are paid once per batch); a lone request goes out at once, paying only a
 hand-off between two green threads.
+
+Nothing waits unbounded: a pipeline ends within the Redis timeout (the client's
+socket timeout); when one fails for want of Redis, the submissions queued behind it
+fail with it at once (they were never sent, so nothing was enqueued) rather than
+each waiting out another timeout; and a request whose entry is still queued after
+the timeout withdraws it and fails.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ log = logging.getLogger(__name__)
 MAX_PIPELINE = 256
 
 
-@dataclass
+@dataclass(eq=False)  # slots are found by identity (their entries hold arrays)
 class _Slot:
     entry: NewEntry
     done: threading.Event = field(default_factory=threading.Event)
@@ -32,20 +38,36 @@ class _Slot:
 
 
 class SubmitCoalescer:
-    def __init__(self, broker: Broker) -> None:
+    def __init__(self, broker: Broker, timeout_s: float = 2.0) -> None:
+        """``timeout_s``: the Redis timeout, the longest a submission stays queued."""
         self.broker = broker
+        self.timeout_s = timeout_s
         self._queue: deque[_Slot] = deque()
         self._wakeup = threading.Event()
         self._pid = 0
         self._lock = threading.Lock()
+        self._queue_lock = threading.Lock()
+        """Guards taking slots off the queue: the submitter's batch, a waiter's withdrawal."""
 
     def submit(self, entry: NewEntry) -> str:
-        """Enqueue ``entry`` (in a pipeline shared with concurrent submissions)."""
+        """Enqueue ``entry`` (in a pipeline shared with concurrent submissions).
+
+        Raises a ``redis.RedisError`` when Redis fails or does not answer in time.
+        """
         self._ensure_started()
         slot = _Slot(entry)
         self._queue.append(slot)
         self._wakeup.set()
-        slot.done.wait()
+        if not slot.done.wait(self.timeout_s):
+            with self._queue_lock:
+                queued = slot in self._queue
+                if queued:
+                    self._queue.remove(slot)
+            if queued:  # never sent: withdrawn, nothing was enqueued
+                raise redis.TimeoutError(f"not sent to Redis within {self.timeout_s} s")
+            # In flight: its pipeline ends within the socket timeout (plus a pool wait).
+            if not slot.done.wait(2 * self.timeout_s + 1):
+                raise redis.TimeoutError("no answer from Redis for the submission")
         if isinstance(slot.outcome, Exception):
             raise slot.outcome
         assert slot.outcome is not None
@@ -58,14 +80,22 @@ class SubmitCoalescer:
                     self._pid = os.getpid()
                     threading.Thread(target=self._run, name="submitter", daemon=True).start()
 
+    def _take(self, most: int) -> list[_Slot]:
+        with self._queue_lock:
+            return [self._queue.popleft() for _ in range(min(len(self._queue), most))]
+
     def _run(self) -> None:
         while True:
             self._wakeup.wait()
             self._wakeup.clear()
-            while self._queue:
-                batch = [self._queue.popleft() for _ in range(min(len(self._queue), MAX_PIPELINE))]
+            while batch := self._take(MAX_PIPELINE):
                 try:
                     outcomes = self.broker.submit_many([s.entry for s in batch])
+                except (redis.TimeoutError, redis.ConnectionError) as exc:
+                    # Redis is gone: what queued meanwhile would only wait out the same
+                    # timeout, so it fails now too (unsent, so nothing is enqueued twice).
+                    batch += self._take(len(self._queue))
+                    outcomes = [exc] * len(batch)
                 except redis.RedisError as exc:
                     outcomes = [exc] * len(batch)
                 except Exception as exc:  # never strand a waiting request

@@ -3,12 +3,17 @@
 Workers publish each finished result, whole, to the reply channel of the process
 that submitted it (and of any process long-polling it), so a waiting request
 costs no extra Redis read and holds no connection of its own. Pub/sub is
-fire-and-forget: after a reconnect every waiter is woken to re-read the stored
-result, and a waiter that times out reads it once more before giving up.
+fire-and-forget: when the listener loses Redis (an error, or a PING unanswered for
+the Redis timeout: a frozen server keeps its connections open and says nothing) and
+again after it resubscribes, every waiter is woken to re-read the stored result, and
+a waiter that times out reads it once more before giving up.
 
 A result can arrive before its waiter registers (a fast worker answers while the
-submitting request is still on its way back from Redis), so the last few unclaimed
-messages are kept for a moment and handed to a waiter that registers late.
+submitting request is still on its way back from Redis), so unclaimed messages are
+kept for a moment and handed to a waiter that registers late. Nobody claims most of
+them (a ``/v1`` submission answers 202 and never waits here), so they are bounded by
+count and by age, and expired on every tick of the listener, not only when another
+message arrives: after a burst, a quiet process does not sit on a thousand results.
 """
 
 from __future__ import annotations
@@ -29,7 +34,11 @@ from batching import keys
 log = logging.getLogger(__name__)
 
 UNCLAIMED_KEEP = 1024
+"""Most unclaimed results kept; the oldest go first."""
 UNCLAIMED_MAX_AGE_S = 5.0
+"""An unclaimed result older than this is dropped (a late waiter re-reads it from Redis)."""
+TICK_S = 0.25
+"""How often the listener looks up from its socket: expiry, liveness PINGs."""
 
 
 @dataclass
@@ -45,17 +54,35 @@ class Waiter:
 
 
 class ReplyListener:
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        timeout_s: float = 2.0,
+        *,
+        keep: int = UNCLAIMED_KEEP,
+        keep_s: float = UNCLAIMED_MAX_AGE_S,
+    ) -> None:
+        """``client`` is the listener's own (pub/sub holds its connection for good)."""
         self.redis = client
+        self.timeout_s = timeout_s
+        self.keep, self.keep_s = keep, keep_s
         self.channel = ""
         self._pid = 0
         self._waiters: dict[str, list[Waiter]] = {}
         self._lock = threading.Lock()
         self._subscribed = threading.Event()
         self._unclaimed: OrderedDict[str, tuple[float, str, bytes]] = OrderedDict()
+        self._closed = threading.Event()
 
-    def ensure_started(self, timeout_s: float = 5.0) -> None:
-        """Start (once per process, after any fork) and wait until subscribed."""
+    def close(self) -> None:
+        """Stop listening (within a tick); waiters re-read the stored result."""
+        self._closed.set()
+
+    def ensure_started(self, timeout_s: float | None = None) -> None:
+        """Start (once per process, after any fork) and wait until subscribed.
+
+        Waits at most the Redis timeout: with Redis gone the request answers 503 then.
+        """
         if self._pid != os.getpid():
             with self._lock:
                 if self._pid != os.getpid():
@@ -63,7 +90,7 @@ class ReplyListener:
                     self.channel = keys.reply_channel(f"{os.getpid()}-{uuid.uuid4().hex[:8]}")
                     self._subscribed = threading.Event()
                     threading.Thread(target=self._run, name="reply-listener", daemon=True).start()
-        if not self._subscribed.wait(timeout_s):
+        if not self._subscribed.wait(self.timeout_s if timeout_s is None else timeout_s):
             raise redis.ConnectionError("reply listener could not subscribe")
 
     def register(self, record: str) -> Waiter:
@@ -96,14 +123,30 @@ class ReplyListener:
             w.state, w.result = state.decode(), result
             w.event.set()
 
+    def unclaimed(self) -> int:
+        """Results received that no waiter has claimed (yet)."""
+        with self._lock:
+            return len(self._unclaimed)
+
     def _keep_unclaimed(self, record: str, state: str, result: bytes) -> None:
+        """Called with the lock held."""
         now = time.monotonic()
         self._unclaimed[record] = (now, state, result)
+        self._unclaimed.move_to_end(record)
+        self._trim(now)
+
+    def _trim(self, now: float) -> None:
+        """Drop past the count and the age (oldest first). Called with the lock held."""
         while self._unclaimed and (
-            len(self._unclaimed) > UNCLAIMED_KEEP
-            or next(iter(self._unclaimed.values()))[0] < now - UNCLAIMED_MAX_AGE_S
+            len(self._unclaimed) > self.keep
+            or next(iter(self._unclaimed.values()))[0] < now - self.keep_s
         ):
             self._unclaimed.popitem(last=False)
+
+    def _expire(self) -> None:
+        if self._unclaimed:
+            with self._lock:
+                self._trim(time.monotonic())
 
     def _wake_all(self) -> None:
         with self._lock:
@@ -113,21 +156,48 @@ class ReplyListener:
 
     def _run(self) -> None:
         backoff = 0.05
-        while True:
-            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+        while not self._closed.is_set():
+            pubsub = self.redis.pubsub()
             try:
                 pubsub.subscribe(self.channel)
-                self._subscribed.set()
-                self._wake_all()  # messages may have been lost while we were away
-                backoff = 0.05
-                for message in pubsub.listen():
-                    if message["type"] == "message":
-                        self._dispatch(message["data"])
+                self._listen(pubsub)
             except redis.RedisError as exc:
                 log.warning("reply listener lost Redis (%s); resubscribing", exc)
+            except Exception:  # a dead listener would leave every waiter to its deadline
+                log.exception("reply listener failed; resubscribing")
             finally:
+                if self._subscribed.is_set():
+                    backoff = 0.05  # it was working: try again at once, not after a long pause
                 self._subscribed.clear()
-                with contextlib.suppress(redis.RedisError):
+                with contextlib.suppress(redis.RedisError, OSError):
                     pubsub.close()
+            self._wake_all()  # waiters re-read the stored result rather than wait for nothing
             threading.Event().wait(backoff)
-            backoff = min(backoff * 2, 2.0)
+            backoff = min(backoff * 2, max(0.1, self.timeout_s / 2))
+
+    def _listen(self, pubsub: redis.client.PubSub) -> None:
+        """Dispatch until Redis fails or goes silent (raises), or until closed.
+
+        Reads poll for ``TICK_S`` rather than block: a blocked read cannot tell an idle
+        channel from a frozen server. When nothing was heard for half the Redis timeout
+        the listener PINGs; no reply within the timeout means Redis is gone.
+        """
+        ping_every = self.timeout_s / 2
+        heard = pinged = time.monotonic()
+        while not self._closed.is_set():
+            message = pubsub.get_message(timeout=min(TICK_S, ping_every))
+            now = time.monotonic()
+            if message is not None:
+                heard = now
+                kind = message["type"]
+                if kind == "message":
+                    self._dispatch(message["data"])
+                elif kind == "subscribe":
+                    self._subscribed.set()
+                    self._wake_all()  # messages may have been lost while we were away
+            self._expire()
+            if now - heard > ping_every + self.timeout_s:
+                raise redis.TimeoutError(f"no reply from Redis within {self.timeout_s} s")
+            if now - max(heard, pinged) >= ping_every:
+                pubsub.ping()
+                pinged = now

@@ -19,7 +19,7 @@ from server.notify import ReplyListener, Waiter
 class JobQueue:
     def __init__(self, broker: Broker, listener: ReplyListener, settings: Settings) -> None:
         self.broker, self.listener, self.settings = broker, listener, settings
-        self.submitter = SubmitCoalescer(broker)
+        self.submitter = SubmitCoalescer(broker, settings.redis_timeout_s)
 
     def submit(
         self,

@@ -10,6 +10,7 @@ from flask import current_app
 from batching.apikeys import ApiKeys
 from batching.broker import Broker
 from batching.bulk import BatchStore
+from batching.connection import client_from_url
 from batching.registry import ModelRegistry
 from batching.settings import Settings
 from server.notify import ReplyListener
@@ -31,17 +32,14 @@ class Services:
     def build(cls, settings: Settings) -> Services:
         if not settings.redis_url:
             raise RuntimeError("REDIS_URL is not set (fusionserve up starts an embedded server)")
-        # Requests beyond the pool size wait for a connection (gevent parks them) instead
-        # of failing: redis-py's default pool raises past its cap, which looks like an outage.
-        pool = redis.BlockingConnectionPool.from_url(
-            settings.redis_url,
-            max_connections=settings.redis_max_connections,
-            timeout=5,
-            socket_connect_timeout=2,
-            health_check_interval=30,
+        # Every call is bounded by settings.redis_timeout_s (a frozen Redis answers 503,
+        # never a hang); requests past the pool size wait for a connection, as long.
+        client = client_from_url(settings.redis_url, settings, purpose="api")
+        listener = ReplyListener(
+            client_from_url(settings.redis_url, settings, purpose="listener"),
+            settings.redis_timeout_s,
         )
-        client = redis.Redis(connection_pool=pool)
-        broker, listener = Broker(client), ReplyListener(client)
+        broker = Broker(client)
         return cls(
             settings=settings,
             redis=client,

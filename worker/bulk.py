@@ -35,6 +35,7 @@ from rq import Queue, Worker
 from batching import keys
 from batching.bulk import ACTIVE_STATES, BatchId, BatchStore
 from batching.bulk_jobs import enqueue_ingest, enqueue_webhook, ingest_waiting_or_fresh
+from batching.connection import client_from_url
 from batching.settings import Settings
 from worker.webhooks import retry_policy
 
@@ -155,7 +156,11 @@ def run_bulk_worker(settings: Settings, queues: list[str] | None = None) -> int:
     if not settings.redis_url:
         log.error("REDIS_URL is not set (fusionserve up starts an embedded server for you)")
         return 2
-    client = redis.Redis.from_url(settings.redis_url)
+    # The sweeper's calls are bounded by the Redis timeout. RQ gets a client of its own:
+    # it raises that client's read timeout above its BLPOP's (minutes), which must not
+    # leak into the sweeper's.
+    client = client_from_url(settings.redis_url, settings, purpose="bulk")
+    rq_client = client_from_url(settings.redis_url, settings, purpose="rq")
     Path(settings.batch_path()).mkdir(parents=True, exist_ok=True)
     os.nice(settings.bulk_nice)  # ingest is background work: the API and model workers go first
     names = queues or [keys.BULK_QUEUE]
@@ -163,7 +168,7 @@ def run_bulk_worker(settings: Settings, queues: list[str] | None = None) -> int:
     stop = threading.Event()
     sweeper = Sweeper(client, settings)
     threading.Thread(target=sweeper.run, args=(stop,), name="sweeper", daemon=True).start()
-    worker = Worker([Queue(n, connection=client) for n in names], connection=client)
+    worker = Worker([Queue(n, connection=rq_client) for n in names], connection=rq_client)
     log.info("bulk worker %s on %s", worker.name, ", ".join(names))
     try:
         worker.work(with_scheduler=True, logging_level="WARNING")

@@ -10,12 +10,11 @@ import threading
 import uuid
 from pathlib import Path
 
-import redis
-
 from batching.broker import Broker
+from batching.connection import client_from_url
 from batching.settings import Settings
 from worker.control import Control
-from worker.loop import ModelLoop
+from worker.loop import IDLE_BLOCK_MS, ModelLoop
 from worker.repository import scan
 from worker.versions import ModelVersions
 
@@ -26,7 +25,10 @@ def run_worker(settings: Settings, models: list[str] | None = None) -> int:
     if not settings.redis_url:
         log.error("REDIS_URL is not set (fusionserve up starts an embedded server for you)")
         return 2
-    client = redis.Redis.from_url(settings.redis_url)
+    # Bounded by the Redis timeout; the idle XREADGROUP BLOCK gets its block time on top.
+    client = client_from_url(
+        settings.redis_url, settings, purpose="worker", block_s=IDLE_BLOCK_MS / 1000
+    )
     broker = Broker(client)
     worker_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
     served = [ModelVersions(files) for files in scan(Path(settings.model_repository), models)]
