@@ -53,7 +53,13 @@ class Settings(BaseSettings):
         30.0,
         gt=0,
         description="a request whose body has not fully arrived this long after its headers "
-        "is answered 408 and its connection closed",
+        "(plus a second per min_body_rate bytes received) is answered 408 and closed",
+    )
+    min_body_rate: float = Field(
+        65_536,
+        gt=0,
+        description="bytes a second a body must keep arriving at to earn more time than "
+        "body_timeout_s (a big upload on a slow link is served; a trickle is not)",
     )
 
     # Input limits: each is checked before any work is done on what it bounds

@@ -29,5 +29,5 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(openapi.bp)
     app.register_blueprint(stats.bp)
     app.register_blueprint(console.bp)
-    app.wsgi_app = BodyDeadline(app.wsgi_app, settings.body_timeout_s)  # type: ignore[method-assign]
+    app.wsgi_app = BodyDeadline(app.wsgi_app, settings.body_timeout_s, settings.min_body_rate)  # type: ignore[method-assign]
     return app

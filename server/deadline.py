@@ -1,8 +1,11 @@
 """A deadline on request bodies: a client that stalls mid-body is answered 408, not waited for.
 
 WSGI middleware, so it covers every route and every way of reading (``get_data``,
-``get_json``, ``request.stream`` for batch uploads, multipart): the body must be in within
-``body_timeout_s`` of the app being called. Under gevent (the default gunicorn worker) a
+``get_json``, ``request.stream`` for batch uploads, multipart). The deadline grows with
+what has arrived: ``body_timeout_s`` from the app being called, plus one second for each
+``min_body_rate`` bytes received. A client that keeps sending at least that fast (a 4 GB
+batch upload on a slow link) is never cut off; one that stalls, or trickles a byte at a
+time, is answered within about ``body_timeout_s``. Under gevent (the default gunicorn worker) a
 read past the deadline is interrupted with a ``gevent.Timeout``; under other gunicorn
 workers each socket read is given the time left. On expiry the connection's read side is
 shut down, so once the 408 is sent the connection closes instead of gunicorn draining a
@@ -36,20 +39,29 @@ def _gevent_patched() -> bool:
 class _DeadlineInput:
     """``wsgi.input`` whose reads fail with :class:`BodyTimeout` past the deadline."""
 
-    def __init__(self, stream: Any, deadline: float, timeout_s: float, sock: Any) -> None:
-        self._stream, self._deadline, self._timeout_s, self._sock = (
+    def __init__(self, stream: Any, timeout_s: float, min_rate: float, sock: Any) -> None:
+        self._stream, self._timeout_s, self._min_rate, self._sock = (
             stream,
-            deadline,
             timeout_s,
+            min_rate,
             sock,
         )
+        self._started = time.monotonic()
+        self._received = 0
         self._gevent = _gevent_patched()
+
+    @property
+    def _deadline(self) -> float:
+        return self._started + self._timeout_s + self._received / self._min_rate
 
     def _expire(self) -> BodyTimeout:
         if self._sock is not None:  # nothing more is read from this connection
             with contextlib.suppress(OSError):
                 self._sock.shutdown(socket.SHUT_RD)
-        return BodyTimeout(f"the request body did not arrive within {self._timeout_s:g} s")
+        return BodyTimeout(
+            f"the request body stalled: it must arrive within {self._timeout_s:g} s, plus a "
+            f"second for every {self._min_rate:g} bytes received"
+        )
 
     def _call(self, read: Callable[..., Any], *args: Any) -> Any:
         left = self._deadline - time.monotonic()
@@ -80,14 +92,40 @@ class _DeadlineInput:
             with contextlib.suppress(OSError):
                 self._sock.settimeout(before)
 
+    # Reads go in pieces of about a second's worth at the minimum rate, so the deadline
+    # (which grows with each piece) is looked at again while a big body arrives.
+
     def read(self, size: int = -1) -> bytes:
-        return self._call(self._stream.read, size)
+        return self._pieces(self._stream.read, size, until_newline=False)
 
     def readline(self, size: int = -1) -> bytes:
-        return self._call(self._stream.readline, size)
+        return self._pieces(self._stream.readline, size, until_newline=True)
 
     def readlines(self, hint: int = -1) -> list[bytes]:
-        return self._call(self._stream.readlines, hint)
+        lines, total = [], 0
+        while line := self.readline():
+            lines.append(line)
+            total += len(line)
+            if 0 < hint <= total:
+                break
+        return lines
+
+    def _pieces(self, read: Callable[[int], bytes], size: int, *, until_newline: bool) -> bytes:
+        piece = max(1, int(self._min_rate))
+        parts: list[bytes] = []
+        wanted = size if size is not None and size >= 0 else None
+        while wanted is None or wanted > 0:
+            ask = piece if wanted is None else min(piece, wanted)
+            data = self._call(read, ask)
+            if not data:
+                break
+            self._received += len(data)
+            parts.append(data)
+            if wanted is not None:
+                wanted -= len(data)
+            if until_newline and data.endswith(b"\n"):
+                break
+        return b"".join(parts)
 
     def __iter__(self) -> Iterator[bytes]:
         while line := self.readline():
@@ -95,10 +133,13 @@ class _DeadlineInput:
 
 
 class BodyDeadline:
-    """Wrap a WSGI app so a request's body must arrive within ``timeout_s``."""
+    """Wrap a WSGI app so a request's body must arrive within ``timeout_s``, plus a second for
+    every ``min_rate`` bytes that did arrive."""
 
-    def __init__(self, app: Callable[..., Iterable[bytes]], timeout_s: float) -> None:
-        self.app, self.timeout_s = app, timeout_s
+    def __init__(
+        self, app: Callable[..., Iterable[bytes]], timeout_s: float, min_rate: float
+    ) -> None:
+        self.app, self.timeout_s, self.min_rate = app, timeout_s, min_rate
 
     def __call__(self, environ: dict[str, Any], start_response: Callable) -> Iterable[bytes]:
         length = environ.get("CONTENT_LENGTH") or "0"
@@ -106,8 +147,8 @@ class BodyDeadline:
         if chunked or (length.isdigit() and int(length) > 0):
             environ["wsgi.input"] = _DeadlineInput(
                 environ["wsgi.input"],
-                time.monotonic() + self.timeout_s,
                 self.timeout_s,
+                self.min_rate,
                 environ.get("gunicorn.socket"),
             )
         return self.app(environ, start_response)

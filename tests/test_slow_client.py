@@ -13,6 +13,7 @@ from helpers import publish_then_pause
 from onnx_models import scale_model
 
 BODY_TIMEOUT_S = 2.0
+MIN_BODY_RATE = 1000
 HEADER_TIMEOUT_S = 4
 SLACK_S = 8.0
 
@@ -25,6 +26,7 @@ def api_port(module_stack_factory, tmp_path_factory) -> int:
         repo,
         FUSIONSERVE_DATA_DIR=str(tmp_path_factory.mktemp("data")),
         FUSIONSERVE_BODY_TIMEOUT_S=str(BODY_TIMEOUT_S),
+        FUSIONSERVE_MIN_BODY_RATE=str(MIN_BODY_RATE),
         FUSIONSERVE_HEADER_TIMEOUT_S=str(HEADER_TIMEOUT_S),
     )
     stack.start_api()
@@ -111,3 +113,28 @@ def test_a_whole_body_is_still_served(api_port: int) -> None:
     with socket.create_connection(("127.0.0.1", api_port), timeout=10) as sock:
         sock.sendall(_post("/v1/models/scale/infer", len(body)) + body)
         assert sock.recv(65536).startswith(b"HTTP/1.1 202 ")
+
+
+def test_a_body_that_keeps_arriving_steadily_is_served_past_the_timeout(api_port: int) -> None:
+    """A slow link is no slowloris: a body arriving faster than the minimum rate earns more
+    time as it comes, so it is served though it takes longer than the body timeout."""
+    body = b'{"inputs": {"x": [1, 2, 3, 4]}}' + b" " * 5_970  # JSON may end in whitespace
+    pieces = [body[i : i + 500] for i in range(0, len(body), 500)]  # 1,250 bytes/s, 4.8 s
+    assert len(pieces) * 0.4 > BODY_TIMEOUT_S + 1
+    with socket.create_connection(("127.0.0.1", api_port), timeout=30) as sock:
+        sock.sendall(_post("/v1/models/scale/infer", len(body)))
+        for piece in pieces:
+            assert not _closed(sock, 0.4), "the server gave up on a steady body"
+            sock.sendall(piece)
+        sock.settimeout(30)
+        answer = sock.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 202 "), answer
+
+
+def _closed(sock: socket.socket, wait_s: float) -> bool:
+    """Wait up to ``wait_s`` for the server to answer early (or close): True if it did."""
+    sock.settimeout(wait_s)
+    try:
+        return sock.recv(65536, socket.MSG_PEEK) is not None
+    except TimeoutError:
+        return False
