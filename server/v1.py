@@ -14,6 +14,7 @@ from server.auth import owns, tenant
 from server.errors import ApiError, bad_request, invalid, not_found
 from server.idempotency import fingerprint, idempotency_key
 from server.jobs import JobId, job_ids, render
+from server.repository import require_serving
 from server.schemas import Submission
 from server.services import services
 
@@ -40,6 +41,7 @@ def _json_body() -> dict:
 def submit(name: str):
     svc = services()
     model = _model(name)
+    require_serving(model)
     raw = _json_body()
     items = raw.get("items")
     if isinstance(items, list) and len(items) > svc.settings.max_items:

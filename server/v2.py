@@ -41,6 +41,7 @@ from server.errors import (
     not_found,
     with_headers,
 )
+from server.repository import require_serving
 from server.services import services
 
 bp = Blueprint("v2", __name__, url_prefix="/v2")
@@ -344,6 +345,7 @@ def _utf8(element: bytes, name: str) -> str:
 def infer(name: str, version: str | None = None):
     svc = services()
     model = _model(name, version)
+    require_serving(model)
     if not model.ready_workers:  # a synchronous caller would only wait for its timeout
         raise ApiError(503, "not_ready", f"model '{name}' has no ready worker")
     req = _parse(request.get_data())

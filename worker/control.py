@@ -26,17 +26,28 @@ log = logging.getLogger(__name__)
 
 
 def publish(client: redis.Redis, versions: ModelVersions, generation: int = 0) -> None:
-    """Make what this worker serves visible to API processes (which hold no model files)."""
-    runtime = versions.newest() or versions.runtime_for(max(versions.draining, default=0))
-    if runtime is None:
-        return
+    """Make what this worker serves visible to API processes (which hold no model files).
+
+    Also when it serves nothing (every version unloaded): the API waits for ``generation``
+    to be published to answer the order, and readiness follows ``versions`` being empty.
+    The signature is then the last one loaded, else the one already published.
+    """
     files = versions.files
+    runtime = versions.newest() or versions.runtime_for(max(versions.draining, default=0))
+    signature = (runtime.inputs, runtime.outputs) if runtime else versions.signature
+    if signature is None:
+        raw = client.hget(keys.meta(files.name), "json")
+        if raw is None:
+            log.warning("%s: serves no version and was never published", files.name)
+            return
+        before = ModelMeta.model_validate_json(raw)
+        signature = (before.inputs, before.outputs)
     meta = ModelMeta(
         name=files.name,
         versions=[str(v) for v in versions.serving],
         available=[str(v) for v in files.versions],
-        inputs=runtime.inputs,
-        outputs=runtime.outputs,
+        inputs=signature[0],
+        outputs=signature[1],
         config=files.config,
         tokenizer_json=files.tokenizer_json(),
         generation=generation,
