@@ -95,7 +95,7 @@ def test_load_v2_then_unload_v1_under_load(stack_factory, redis_client, reposito
             loaded_at = time.monotonic()
             assert http.get(f"/v2/models/{MODEL}").json()["versions"] == ["1", "2"]
             index = http.post("/v2/repository/index").json()
-            assert {(m["version"], m["state"]) for m in index} == {("1", "READY"), ("2", "READY")}
+            assert {(m["version"], m["state"]) for m in index} == {("1", "READY"), ("2", "READY")}, index
 
             # Requests pinned to version 1, in flight while version 1 is unloaded.
             def pinned(sample: data.Sample) -> httpx.Response:

@@ -120,12 +120,21 @@ class Control(threading.Thread):
                 publish(self.client, model, generation)
 
     def run(self) -> None:
+        """Heartbeats here; orders on a thread of their own, since loading a version takes
+        longer than a heartbeat and a silent worker would count as not ready meanwhile."""
+        threading.Thread(target=self._apply_orders, name="control-orders", daemon=True).start()
         while not self.stopped.wait(self.every_s):
             try:
                 self.beat()
+            except Exception:  # a Redis hiccup must not stop heartbeats
+                log.exception("heartbeat failed")
+
+    def _apply_orders(self) -> None:
+        while not self.stopped.wait(self.every_s):
+            try:
                 self.sync()
-            except Exception:  # a Redis hiccup or a bad model file must not stop heartbeats
-                log.exception("control step failed")
+            except Exception:  # a Redis hiccup or a bad model file must not stop the next try
+                log.exception("applying repository orders failed")
 
     def leave(self) -> None:
         self.stopped.set()
