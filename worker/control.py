@@ -2,9 +2,12 @@
 
 The repository API writes an order (``load``: re-read the model's directory and serve
 what its version policy selects; ``unload``: stop serving one version, or all) into
-the model's control hash and bumps its generation. Every heartbeat, each worker
-compares generations, applies a new order, publishes what it now serves, and drops
-draining versions no unfinished entry is pinned to.
+the model's control hash and bumps its generation. Every heartbeat interval, each worker
+compares generations, applies a new order, publishes what it now serves (with the
+generation, also when it serves nothing: the API answers the order on it), and drops
+draining versions no unfinished entry is pinned to. Heartbeats run on a thread of their
+own, so a version loading for longer than the staleness window never makes the worker
+look gone.
 """
 
 from __future__ import annotations
