@@ -1,7 +1,13 @@
-"""What the workers published about each model, cached briefly per API process."""
+"""What the workers published about each model, cached briefly per API process.
+
+The view already reflects a repository order no worker has applied yet: from the moment
+an unload is written, the model (or the version) is no longer served in this view, so
+readiness, listings and submissions follow the order at once.
+"""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from dataclasses import dataclass
@@ -19,11 +25,22 @@ CACHE_S = 1.0
 class PublishedModel:
     meta: ModelMeta
     tokenizer: Tokenizer | None
-    ready_workers: int
+    workers: int
+    """Workers with a fresh heartbeat for the model (they apply repository orders)."""
 
     @property
     def name(self) -> str:
         return self.meta.name
+
+    @property
+    def ready_workers(self) -> int:
+        """Workers that run new work for it: none while it serves no version (unloaded)."""
+        return self.workers if self.meta.versions else 0
+
+    @property
+    def unloaded(self) -> bool:
+        """Published, but no version is served: the repository API unloaded it."""
+        return not self.meta.versions
 
     def describe(self) -> dict:
         """The ``GET /v1/models/<m>`` body."""
@@ -69,10 +86,11 @@ class ModelRegistry:
         with self.redis.pipeline(transaction=False) as pipe:
             pipe.hget(keys.meta(name), "json")
             pipe.zcount(keys.workers(name), time.time() - self.stale_after_s, "+inf")
-            raw, ready = pipe.execute()
+            pipe.hmget(keys.control(name), "gen", "order")
+            raw, ready, (generation, order) = pipe.execute()
         if raw is None:
             return None
-        meta = ModelMeta.model_validate_json(raw)
+        meta = pending_order(ModelMeta.model_validate_json(raw), generation, order)
         return PublishedModel(meta, self._tokenizer(meta), int(ready))
 
     def _tokenizer(self, meta: ModelMeta) -> Tokenizer | None:
@@ -84,3 +102,15 @@ class ModelRegistry:
         tokenizer = Tokenizer.from_str(meta.tokenizer_json)
         self._tokenizers[meta.name] = (meta.tokenizer_json, tokenizer)
         return tokenizer
+
+
+def pending_order(meta: ModelMeta, generation: bytes | None, order: bytes | None) -> ModelMeta:
+    """``meta`` with an unload no worker has applied yet already taken out of what it serves."""
+    if order is None or int(generation or 0) <= meta.generation:
+        return meta
+    wanted = json.loads(order)
+    if wanted.get("action") != "unload":
+        return meta  # a load serves only once a worker has loaded it
+    version = wanted.get("version")
+    served = [] if version is None else [v for v in meta.versions if v != str(version)]
+    return meta.model_copy(update={"versions": served})

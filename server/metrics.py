@@ -14,7 +14,7 @@ Metric names:
 - ``fusionserve_compute_seconds{model, version}``: histogram of batch compute time, per request.
 - ``fusionserve_batch_size{model, version}``: histogram of rows per executed batch.
 - ``fusionserve_queue_depth{model, priority}``: entries waiting or in flight.
-- ``fusionserve_ready_workers{model}``: workers with a fresh heartbeat.
+- ``fusionserve_ready_workers{model}``: workers with a fresh heartbeat (0 while unloaded).
 """
 
 from __future__ import annotations
@@ -77,7 +77,9 @@ class RedisCollector:
             labels=["model", "priority"],
         )
         ready = GaugeMetricFamily(
-            "fusionserve_ready_workers", "Workers with a fresh heartbeat", labels=["model"]
+            "fusionserve_ready_workers",
+            "Workers with a fresh heartbeat (0 while the model is unloaded)",
+            labels=["model"],
         )
         for name in svc.registry.names():
             model = svc.registry.fresh(name)  # scrapes want now, not the request-path cache

@@ -6,24 +6,51 @@ published what it serves (every worker applies it on its next heartbeat). ``load
 re-reads the model's directory and serves what its ``version_policy`` selects;
 ``unload`` stops serving the model, or only ``parameters.version``. Versions that stop
 being served drain: entries that asked for them exactly still run on them first.
+
+The registry's view follows an unload from the moment it is written, and the call
+answers no sooner than every API process's cached view has expired, so once it answers
+the model is not ready and submissions are refused (``require_serving``) everywhere.
+Bodies are KServe's ``{"parameters": {…}}``: anything else is a 400 that changes nothing.
 """
 
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import orjson
 from flask import Blueprint, jsonify, request
 
 from batching import keys
+from batching.registry import CACHE_S, PublishedModel
 from server.errors import ApiError, bad_request, not_found
 from server.services import services
-from server.v2 import v2_error
 
 bp = Blueprint("repository", __name__, url_prefix="/v2/repository")
-bp.register_error_handler(ApiError, v2_error)
 
 APPLY_TIMEOUT_S = 60.0
+LOAD_PARAMETERS: frozenset[str] = frozenset()
+"""Triton's ``config`` and ``file:`` overrides are not supported: the directory is read."""
+UNLOAD_PARAMETERS = frozenset({"version", "unload_dependents"})
+"""``unload_dependents`` (what tritonclient sends) is accepted: no model depends on another."""
+
+
+@bp.errorhandler(ApiError)
+def _error(exc: ApiError):
+    from server.v2 import v2_error  # here, not at import: server.v2 calls require_serving
+
+    return v2_error(exc)
+
+
+def require_serving(model: PublishedModel) -> None:
+    """Refuse work for a model the repository API unloaded (503, before anything is queued)."""
+    if model.unloaded:
+        raise ApiError(
+            503,
+            "model_unloaded",
+            f"model '{model.name}' is unloaded: POST /v2/repository/models/{model.name}/load"
+            " serves it again",
+        )
 
 
 @bp.post("/index")
@@ -36,13 +63,13 @@ def index():
             continue
         serving = set(model.meta.versions)
         for version in model.meta.available or model.meta.versions:
-            ready = version in serving and model.ready_workers > 0
+            ready = version in serving and model.workers > 0
             models.append(
                 {
                     "name": name,
                     "version": version,
                     "state": "READY" if ready else "UNAVAILABLE",
-                    "reason": "" if ready else "unloaded" if model.ready_workers else "no worker",
+                    "reason": "" if ready else "unloaded" if model.workers else "no worker",
                 }
             )
     return jsonify(models)
@@ -50,23 +77,55 @@ def index():
 
 @bp.post("/models/<name>/load")
 def load(name: str):
-    _order(name, {"action": "load"})
+    _parameters(LOAD_PARAMETERS)
+    _order(_model(name), {"action": "load"})
     return "", 200
 
 
 @bp.post("/models/<name>/unload")
 def unload(name: str):
-    body = _body()
-    version = (body.get("parameters") or {}).get("version")
-    if version is not None and not str(version).isdigit():
-        raise bad_request("parameter 'version' must be a version number")
-    _order(name, {"action": "unload", "version": int(version) if version is not None else None})
+    params = _parameters(UNLOAD_PARAMETERS)
+    dependents = params.get("unload_dependents", False)
+    if not isinstance(dependents, bool):
+        raise bad_request("parameter 'unload_dependents' must be true or false")
+    version = _version(params.get("version"))
+    model = _model(name)
+    if version is not None and str(version) not in {*model.meta.available, *model.meta.versions}:
+        raise not_found("version_not_found", f"unknown version '{version}' of model '{name}'")
+    _order(model, {"action": "unload", "version": version})
     return "", 200
+
+
+def _version(value: Any) -> int | None:
+    """``parameters.version``: a version number, as a JSON number or a string of digits."""
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    if isinstance(value, str) and value.isdecimal() and value.isascii():
+        return int(value)
+    raise bad_request(f"parameter 'version' must be a version number, got {value!r}")
+
+
+def _parameters(allowed: frozenset[str]) -> dict[str, Any]:
+    """The body's ``parameters`` (an empty body has none); 400 for any other shape."""
+    body = _body()
+    extra = sorted(set(body) - {"parameters"})
+    if extra:
+        raise bad_request(f"unknown field '{extra[0]}': the body is {{\"parameters\": {{...}}}}")
+    params = body.get("parameters", {})
+    if not isinstance(params, dict):
+        raise bad_request("'parameters' must be a JSON object")
+    unsupported = sorted(set(params) - allowed)
+    if unsupported:
+        supported = ", ".join(sorted(allowed)) or "none"
+        raise bad_request(f"unsupported parameter '{unsupported[0]}' (supported: {supported})")
+    return params
 
 
 def _body() -> dict:
     raw = request.get_data()
-    if not raw:
+    if not raw.strip():
         return {}
     try:
         body = orjson.loads(raw)
@@ -77,13 +136,18 @@ def _body() -> dict:
     return body
 
 
-def _order(name: str, order: dict) -> None:
-    """Write the order, then wait until a worker has applied it."""
-    svc = services()
-    model = svc.registry.get(name)
+def _model(name: str) -> PublishedModel:
+    model = services().registry.fresh(name) if keys.MODEL_NAME.match(name) else None
     if model is None:
         raise not_found("model_not_found", f"unknown model '{name}'")
-    if not model.ready_workers:
+    return model
+
+
+def _order(model: PublishedModel, order: dict) -> None:
+    """Write the order, then wait until a worker has applied it (and caches have expired)."""
+    svc = services()
+    name = model.name
+    if not model.workers:
         raise ApiError(503, "not_ready", f"model '{name}' has no worker to apply the order")
     with svc.redis.pipeline(transaction=True) as pipe:
         if order["action"] == "unload":  # refuse new work for it at once; workers then drain it
@@ -94,10 +158,12 @@ def _order(name: str, order: dict) -> None:
         pipe.hset(keys.control(name), "order", orjson.dumps(order))
         pipe.hincrby(keys.control(name), "gen", 1)
         generation = pipe.execute()[-1]
-    deadline = time.monotonic() + APPLY_TIMEOUT_S
+    written = time.monotonic()
+    deadline = written + APPLY_TIMEOUT_S
     while time.monotonic() < deadline:
         published = svc.registry.fresh(name)
-        if published is not None and published.meta.generation >= generation:
+        applied = published is not None and published.meta.generation >= generation
+        if applied and time.monotonic() - written >= CACHE_S:  # no process caches the old view
             return
         time.sleep(0.05)
     raise ApiError(503, "not_applied", f"no worker applied the order for '{name}' in time")

@@ -15,6 +15,7 @@ from server.errors import ApiError, bad_request, invalid, not_found
 from server.idempotency import fingerprint, idempotency_key
 from server.jobs import JobId, job_ids, render
 from server.jsonio import json_object, read_body
+from server.repository import require_serving
 from server.schemas import Submission
 from server.services import services
 
@@ -32,6 +33,7 @@ def _model(name: str) -> PublishedModel:
 def submit(name: str):
     svc = services()
     model = _model(name)
+    require_serving(model)
     body = read_body()
     raw = json_object(body)  # whatever the content type: curl -d sends a form one
     items = raw.get("items")

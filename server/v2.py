@@ -45,6 +45,7 @@ from server.errors import (
     with_headers,
 )
 from server.jsonio import read_body
+from server.repository import require_serving
 from server.schemas import V2Output, V2Request, V2Tensor
 from server.services import services
 
@@ -346,6 +347,7 @@ def _utf8(element: bytes, name: str) -> str:
 def infer(name: str, version: str | None = None):
     svc = services()
     model = _model(name, version)
+    require_serving(model)
     if not model.ready_workers:  # a synchronous caller would only wait for its timeout
         raise ApiError(503, "not_ready", f"model '{name}' has no ready worker")
     req = _parse(read_body())

@@ -2,9 +2,12 @@
 
 The repository API writes an order (``load``: re-read the model's directory and serve
 what its version policy selects; ``unload``: stop serving one version, or all) into
-the model's control hash and bumps its generation. Every heartbeat, each worker
-compares generations, applies a new order, publishes what it now serves, and drops
-draining versions no unfinished entry is pinned to.
+the model's control hash and bumps its generation. Every heartbeat interval, each worker
+compares generations, applies a new order, publishes what it now serves (with the
+generation, also when it serves nothing: the API answers the order on it), and drops
+draining versions no unfinished entry is pinned to. Heartbeats run on a thread of their
+own, so a version loading for longer than the staleness window never makes the worker
+look gone.
 """
 
 from __future__ import annotations
@@ -26,17 +29,28 @@ log = logging.getLogger(__name__)
 
 
 def publish(client: redis.Redis, versions: ModelVersions, generation: int = 0) -> None:
-    """Make what this worker serves visible to API processes (which hold no model files)."""
-    runtime = versions.newest() or versions.runtime_for(max(versions.draining, default=0))
-    if runtime is None:
-        return
+    """Make what this worker serves visible to API processes (which hold no model files).
+
+    Also when it serves nothing (every version unloaded): the API waits for ``generation``
+    to be published to answer the order, and readiness follows ``versions`` being empty.
+    The signature is then the last one loaded, else the one already published.
+    """
     files = versions.files
+    runtime = versions.newest() or versions.runtime_for(max(versions.draining, default=0))
+    signature = (runtime.inputs, runtime.outputs) if runtime else versions.signature
+    if signature is None:
+        raw = client.hget(keys.meta(files.name), "json")
+        if raw is None:
+            log.warning("%s: serves no version and was never published", files.name)
+            return
+        before = ModelMeta.model_validate_json(raw)
+        signature = (before.inputs, before.outputs)
     meta = ModelMeta(
         name=files.name,
         versions=[str(v) for v in versions.serving],
         available=[str(v) for v in files.versions],
-        inputs=runtime.inputs,
-        outputs=runtime.outputs,
+        inputs=signature[0],
+        outputs=signature[1],
         config=files.config,
         tokenizer_json=files.tokenizer_json(),
         generation=generation,
@@ -109,12 +123,21 @@ class Control(threading.Thread):
                 publish(self.client, model, generation)
 
     def run(self) -> None:
+        """Heartbeats here; orders on a thread of their own, since loading a version takes
+        longer than a heartbeat and a silent worker would count as not ready meanwhile."""
+        threading.Thread(target=self._apply_orders, name="control-orders", daemon=True).start()
         while not self.stopped.wait(self.every_s):
             try:
                 self.beat()
+            except Exception:  # a Redis hiccup must not stop heartbeats
+                log.exception("heartbeat failed")
+
+    def _apply_orders(self) -> None:
+        while not self.stopped.wait(self.every_s):
+            try:
                 self.sync()
-            except Exception:  # a Redis hiccup or a bad model file must not stop heartbeats
-                log.exception("control step failed")
+            except Exception:  # a Redis hiccup or a bad model file must not stop the next try
+                log.exception("applying repository orders failed")
 
     def leave(self) -> None:
         self.stopped.set()

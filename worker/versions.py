@@ -12,6 +12,7 @@ import logging
 import threading
 from collections.abc import Callable
 
+from batching.model_config import TensorSpec
 from worker.repository import ModelFiles, load_model_files
 from worker.runtime import ModelRuntime
 
@@ -27,6 +28,8 @@ class ModelVersions:
         self._serving: dict[int, ModelRuntime] = {}
         self._draining: dict[int, ModelRuntime] = {}
         self._lock = threading.Lock()
+        self.signature: tuple[list[TensorSpec], list[TensorSpec]] | None = None
+        """Inputs and outputs of the last version loaded: still published once none is."""
 
     @property
     def name(self) -> str:
@@ -64,6 +67,7 @@ class ModelVersions:
         loaded = {}
         for v in missing:  # sessions load outside the lock: batches keep running meanwhile
             loaded[v] = self._draining.get(v) or self._load(self.files, v)
+            self.signature = (loaded[v].inputs, loaded[v].outputs)
         with self._lock:
             before = set(self._serving)
             for v in missing:
