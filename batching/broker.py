@@ -526,6 +526,26 @@ class Broker:
                 keys.stream(model, priority), keys.GROUP, consumer, 0, list(ids), justid=True
             )
 
+    def own_pending(
+        self, model: str, priority: int, consumer: str, known: set[str], count: int = 1000
+    ) -> list[Entry]:
+        """Entries delivered to ``consumer`` that it does not know it holds (``known`` ids).
+
+        A read whose reply was lost (a timeout: Redis ran the XREADGROUP after the client
+        gave up) leaves entries pending on this consumer that no one would touch until
+        the visibility timeout; the worker takes them back at once after a Redis error.
+        """
+        stream = keys.stream(model, priority)
+        pending = self.redis.xpending_range(stream, keys.GROUP, "-", "+", count, consumer)
+        ids = [i for p in pending if (i := p["message_id"].decode()) not in known]
+        if not ids:
+            return []
+        with self.redis.pipeline(transaction=False) as pipe:
+            for i in ids:
+                pipe.xrange(stream, i, i)
+            found = pipe.execute()
+        return [_entry(model, priority, eid, fields) for hit in found for eid, fields in hit]
+
 
 def now_ms() -> float:
     return time.time() * 1000.0

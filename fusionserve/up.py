@@ -18,7 +18,6 @@ crash loop: ``up`` stops everything and exits with status 1.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import os
 import signal
@@ -29,6 +28,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 
+from batching.processes import die_with_parent
 from batching.settings import Settings
 from fusionserve.embedded import EmbeddedRedis
 
@@ -38,13 +38,6 @@ CRASH_LIMIT = 5
 CRASH_WINDOW_S = 60.0
 FIRST_BACKOFF_S = 0.5
 MAX_BACKOFF_S = 16.0
-PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    """In the child before exec: SIGTERM when ``up`` dies, even by SIGKILL (Linux)."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _spawn(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
@@ -53,7 +46,7 @@ def _spawn(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
         [sys.executable, "-m", "fusionserve.cli", *args],
         env=env,
         start_new_session=True,
-        preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+        preexec_fn=die_with_parent,
     )
 
 

@@ -31,6 +31,7 @@ from server.errors import ApiError, bad_request, invalid, not_found
 from server.idempotency import fingerprint as request_fingerprint
 from server.idempotency import idempotency_key
 from server.jobs import top_labels
+from server.repository import require_serving
 from server.services import services
 
 bp = Blueprint("batches", __name__, url_prefix="/v1/batches")
@@ -55,6 +56,7 @@ def create_batch():
     model = svc.registry.get(name)
     if model is None:
         raise not_found("model_not_found", f"no model named {name!r} is served")
+    require_serving(model)
     bulk = model.meta.config.batching.bulk_level
     level = _int_arg(args.get("priority"), "priority", bulk)
     if not 1 <= level <= bulk:

@@ -78,11 +78,10 @@ def test_frozen_redis_bounds_every_request_and_loses_no_acknowledged_job(
         tmp_path / "logs",
         FUSIONSERVE_DATA_DIR=str(tmp_path / "data"),
         FUSIONSERVE_REDIS_TIMEOUT_S=str(BOUND_S),
-        # A worker call cut off by the freeze (a pull answered into a closed connection,
-        # a start or complete that timed out) leaves its entries pending until reclaimed
-        # after the visibility timeout; at the default (30 s, the jobs' default timeout
-        # too) they would expire instead of finishing.
-        FUSIONSERVE_VISIBILITY_TIMEOUT_S="3",
+        # The default visibility timeout (30 s, the jobs' default timeout too): a worker
+        # call cut off by the freeze (a pull answered into a closed connection, a start or
+        # complete that timed out) must not leave its entries for a reclaim, or they would
+        # expire instead of finishing. The worker takes them back itself.
     )
     answers: list[Answer] = []
     acknowledged: list[str] = []

@@ -8,6 +8,7 @@ are 404 and bad bodies 400, each changing nothing. A load after an unload serves
 from __future__ import annotations
 
 import httpx
+import orjson
 import pytest
 from conftest import ROOT
 from helpers import b64, entries_added
@@ -82,6 +83,9 @@ def test_unload_answers_once_applied_then_the_model_refuses_work_until_loaded(
     assert error["code"] == "model_unloaded" and "load" in error["message"]
     v2 = http.post(f"/v2/models/{MODEL}/infer", json={"inputs": []})
     assert v2.status_code == 503 and "unloaded" in v2.json()["error"]
+    batch = http.post(f"/v1/batches?model={MODEL}", content=orjson.dumps(item()) + b"\n")
+    assert batch.status_code == 503 and batch.json()["error"]["code"] == "model_unloaded"
+    assert http.get("/v1/batches").json()["batches"] == []
     assert entries_added(module_redis, MODEL) == before
 
     # Load (tritonclient's load_model sends {}) serves again.

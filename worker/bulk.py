@@ -16,11 +16,8 @@ then only retries or fails the job; the lease lets a new ingest take over within
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import logging
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -36,12 +33,12 @@ from batching import keys
 from batching.bulk import ACTIVE_STATES, BatchId, BatchStore
 from batching.bulk_jobs import enqueue_ingest, enqueue_webhook, ingest_waiting_or_fresh
 from batching.connection import client_from_url
+from batching.processes import die_with_parent
 from batching.settings import Settings
 from worker.webhooks import retry_policy
 
 log = logging.getLogger("fusionserve.bulk")
 
-PR_SET_PDEATHSIG = 1
 FILE_SWEEP_S = 60.0
 STALE_UPLOAD_S = 3600.0
 """A partial upload this old was abandoned (its API process died mid-request)."""
@@ -183,10 +180,4 @@ def run_bulk_worker(settings: Settings, queues: list[str] | None = None) -> int:
 def _spawn_webhook_worker() -> subprocess.Popen[bytes]:
     """``fusionserve bulk-worker --queue fusionserve-webhooks``, ended if this process dies."""
     command = [sys.executable, "-m", "fusionserve.cli", "bulk-worker", "--queue"]
-    return subprocess.Popen([*command, keys.WEBHOOK_QUEUE], preexec_fn=_die_with_parent)
-
-
-def _die_with_parent() -> None:
-    """Linux: the child gets SIGTERM when its parent exits, even by SIGKILL."""
-    with contextlib.suppress(OSError):  # not Linux: stopped by the parent's finally only
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    return subprocess.Popen([*command, keys.WEBHOOK_QUEUE], preexec_fn=die_with_parent)

@@ -6,6 +6,9 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
+from typing import Any
+
+import redis
 
 from batching import assembly, codec
 from batching.adaptive import ExecutionModel, RateMeter, SloController
@@ -59,6 +62,12 @@ class ModelLoop:
         self.batches = 0
         self.entries_done = 0
         self.stats: dict[str, int] = {}
+        self.lost_replies = False
+        """A call failed: a pull's reply may have been lost with entries in it."""
+        self.unwritten: list[tuple[list[Finished], dict[str, Any]]] = []
+        """Outcomes whose completion call met a Redis error: written before anything else.
+        Writing one twice is harmless (a final record is never written again); dropping one
+        would leave its entry pending until the visibility timeout, past many deadlines."""
 
     def run(self) -> None:
         self.broker.ensure_groups(self.model, self.batching.all_levels)
@@ -68,12 +77,44 @@ class ModelLoop:
                 self.step()
             except Exception:  # a Redis hiccup or a bug must not kill the worker thread
                 log.exception("model loop %s failed; retrying", self.model)
+                self.lost_replies = True
                 time.sleep(0.5)
+        self.write_unwritten()
         while self.carry:  # entries already delivered to us are ours to finish, once each
             held, self.carry = self.carry, []
             self.process(self.take_batch(held))  # runs one batch, carries the rest
 
+    def complete(self, finished: list[Finished], **kwargs: Any) -> None:
+        """Write a batch's outcomes; on a Redis error keep them to write again, then raise."""
+        try:
+            self.broker.complete(finished, self.settings.result_ttl_s, **kwargs)
+        except redis.RedisError:
+            self.unwritten.append((finished, kwargs))
+            raise
+
+    def take_back_own(self) -> None:
+        """After a failed call, hold again what was delivered to this worker unseen."""
+        held = [*self.carry, *(f.entry for finished, _ in self.unwritten for f in finished)]
+        for level in self.batching.all_levels:
+            known = {e.id for e in held if e.priority == level}
+            found = self.broker.own_pending(self.model, level, self.worker_id, known)
+            if found:
+                log.warning(
+                    "%s p%d: took back %d entries of a lost reply", self.model, level, len(found)
+                )
+            self.carry += found
+        self.lost_replies = False
+
+    def write_unwritten(self) -> None:
+        while self.unwritten:
+            finished, kwargs = self.unwritten[0]
+            self.broker.complete(finished, self.settings.result_ttl_s, **kwargs)
+            self.unwritten.pop(0)
+
     def step(self) -> None:
+        self.write_unwritten()
+        if self.lost_replies:
+            self.take_back_own()
         if time.monotonic() >= self._next_reclaim:
             self._next_reclaim = time.monotonic() + self.reclaim_every_s
             self.carry += self.reclaim()
@@ -189,7 +230,11 @@ class ModelLoop:
     def process(self, entries: Sequence[Entry]) -> None:
         cycle_started = time.perf_counter()
         pulled_ms = now_ms()
-        states = self.broker.start(entries, self.worker_id)
+        try:
+            states = self.broker.start(entries, self.worker_id)
+        except redis.RedisError:  # nothing ran: they are still ours, to run once Redis answers
+            self.carry = list(entries) + self.carry
+            raise
         finished: list[Finished] = []
         live: list[Entry] = []
         for entry, state in zip(entries, states, strict=True):
@@ -219,17 +264,17 @@ class ModelLoop:
             runtimes[runtime.version] = runtime
         if not by_version:  # nothing ran: count it where a version that is read counts it
             newest = self.versions.newest()
-            self.broker.complete(
-                finished,
-                self.settings.result_ttl_s,
-                version=newest.version if newest is not None else None,
-            )
+            self.complete(finished, version=newest.version if newest is not None else None)
+        lost: redis.RedisError | None = None
         for version, group in by_version.items():  # normally one group: the newest version
             done = self.run_batch(group, pulled_ms, runtimes[version])
-            self.broker.complete(
-                finished + done, self.settings.result_ttl_s, version=version, stats=self.stats
-            )
+            try:
+                self.complete(finished + done, version=version, stats=self.stats)
+            except redis.RedisError as exc:  # kept in self.unwritten; run the other groups
+                lost = exc
             finished = []
+        if lost is not None:
+            raise lost
         self.policy.ran(sum(e.rows for e in live))
         if live and self.controller is not None:  # the whole cycle, Redis included
             self.execution.add(sum(e.rows for e in live), time.perf_counter() - cycle_started)
