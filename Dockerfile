@@ -9,11 +9,8 @@ COPY pyproject.toml README.md ./
 COPY batching ./batching
 COPY server ./server
 COPY worker ./worker
-COPY fusion ./fusion
-COPY client ./client
-COPY loadtest ./loadtest
-COPY benchmarks ./benchmarks
 COPY fusionserve ./fusionserve
+COPY model_repository ./model_repository
 RUN pip install '.[cpu]' \
     && useradd --uid 10001 --create-home fusionserve \
     && mkdir -p /data /batches && chown fusionserve /data /batches

@@ -31,8 +31,8 @@ import orjson
 
 from batching.adaptive import ExecutionModel, SloController
 from benchmarks.common import served, table, write_json
-from loadtest.payloads import Payloads, synthetic_items
-from loadtest.runner import RunSettings, run_point
+from fusionserve.loadtest.payloads import Payloads, synthetic_items
+from fusionserve.loadtest.runner import RunSettings, run_point
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "model_repository" / "demo"
@@ -45,8 +45,8 @@ CAP = 64
 def calibrate() -> ExecutionModel:
     from tokenizers import Tokenizer
 
-    from fusion import data
-    from fusion.tokenizer import encode_batch
+    from fusionserve.zoo import data
+    from fusionserve.zoo.tokenizer import encode_batch
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1

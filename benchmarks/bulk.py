@@ -40,10 +40,10 @@ from benchmarks.common import (
     v2_body,
     write_json,
 )
-from client import Client
-from fusion import data
-from fusion.tokenizer import encode_batch
-from loadtest.payloads import image_field
+from fusionserve.client import Client
+from fusionserve.loadtest.payloads import image_field
+from fusionserve.zoo import data
+from fusionserve.zoo.tokenizer import encode_batch
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "model_repository" / "demo"

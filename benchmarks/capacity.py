@@ -23,7 +23,7 @@ import orjson
 
 from benchmarks.common import CpuMeter, served, table, write_json
 from benchmarks.wrk import V1_SCRIPT, V2_SCRIPT, wrk
-from fusion.tiny_models import mlp_model
+from fusionserve.zoo.tiny_models import mlp_model
 
 MODEL = "mlp"
 

@@ -33,7 +33,7 @@ import orjson
 
 from benchmarks.common import CpuMeter, served, table, write_json
 from benchmarks.wrk import V1_SCRIPT, V2_SCRIPT, wrk
-from fusion import data
+from fusionserve.zoo import data
 
 ROOT = Path(__file__).resolve().parent.parent
 LARGE = {
@@ -51,9 +51,9 @@ def export_large(repository: Path) -> int:
     """The ~5.5 M-parameter model, exported with the same code as the demo; its parameters."""
     import torch
 
-    from fusion.export import export_to_repository
-    from fusion.models import build_model
-    from fusion.tokenizer import build_tokenizer
+    from fusionserve.zoo.export import export_to_repository
+    from fusionserve.zoo.models import build_model
+    from fusionserve.zoo.tokenizer import build_tokenizer
 
     torch.manual_seed(0)
     model = build_model(
@@ -66,7 +66,7 @@ def export_large(repository: Path) -> int:
 def samples(n: int, repository: Path, name: str):
     from tokenizers import Tokenizer
 
-    from fusion.tokenizer import encode_batch
+    from fusionserve.zoo.tokenizer import encode_batch
 
     rows = data.generate(n, data.HELD_OUT_SEED)
     tokenizer = Tokenizer.from_file(str(repository / name / "tokenizer.json"))

@@ -20,7 +20,7 @@ import onnxruntime as ort
 import orjson
 
 from benchmarks.common import Connection, percentiles, served, table, v2_body, write_json
-from fusion.tiny_models import mlp_model
+from fusionserve.zoo.tiny_models import mlp_model
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -32,8 +32,8 @@ def model_inputs(name: str, repository: Path) -> tuple[dict[str, np.ndarray], di
         return {"x": x}, {"inputs": {"x": x[0].tolist()}}
     from tokenizers import Tokenizer
 
-    from fusion import data
-    from fusion.tokenizer import encode_batch
+    from fusionserve.zoo import data
+    from fusionserve.zoo.tokenizer import encode_batch
 
     [sample] = data.generate(1, data.HELD_OUT_SEED)
     tokenizer = Tokenizer.from_file(str(repository / name / "tokenizer.json"))

@@ -30,8 +30,8 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from benchmarks.common import RESULTS, served, table
-from fusion import data
-from fusion.tokenizer import encode_batch
+from fusionserve.zoo import data
+from fusionserve.zoo.tokenizer import encode_batch
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "demo"

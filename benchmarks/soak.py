@@ -26,8 +26,8 @@ import orjson
 import redis
 
 from benchmarks.common import descendants, rss_mib, served, table, write_json
-from loadtest.payloads import Payloads, synthetic_items
-from loadtest.runner import RunSettings, run_point
+from fusionserve.loadtest.payloads import Payloads, synthetic_items
+from fusionserve.loadtest.runner import RunSettings, run_point
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "demo"

@@ -22,9 +22,9 @@ import time
 import torch
 
 from benchmarks.common import table, write_json
-from fusion.data import HELD_OUT_SEED, generate
-from fusion.pretrain import pretrain, retrieval_accuracy, transfer_model
-from fusion.train import evaluate, train
+from fusionserve.zoo.data import HELD_OUT_SEED, generate
+from fusionserve.zoo.pretrain import pretrain, retrieval_accuracy, transfer_model
+from fusionserve.zoo.train import evaluate, train
 
 BUDGETS = (0.01, 0.1, 1.0)
 

@@ -90,17 +90,17 @@ def build_parser() -> argparse.ArgumentParser:
     add_keys_arguments(keys)
 
     batch = sub.add_parser("batch", help="submit a bulk batch, follow it, fetch its results")
-    from client.cli import add_batch_arguments
+    from fusionserve.client.cli import add_batch_arguments
 
     add_batch_arguments(batch)
 
     export = sub.add_parser("export", help="train a fusion model and export it to ONNX")
-    from fusion.cli import add_export_arguments
+    from fusionserve.zoo.cli import add_export_arguments
 
     add_export_arguments(export)
 
     loadtest = sub.add_parser("loadtest", help="drive a server with closed- or open-loop load")
-    from loadtest.cli import add_loadtest_arguments
+    from fusionserve.loadtest.cli import add_loadtest_arguments
 
     add_loadtest_arguments(loadtest)
 
@@ -146,15 +146,15 @@ def main(argv: list[str] | None = None) -> int:
 
         return run_keys(args, _settings(args))
     if args.command == "batch":
-        from client.cli import run_batch
+        from fusionserve.client.cli import run_batch
 
         return run_batch(args)
     if args.command == "export":
-        from fusion.cli import run_export
+        from fusionserve.zoo.cli import run_export
 
         return run_export(args)
     if args.command == "loadtest":
-        from loadtest.cli import run_loadtest
+        from fusionserve.loadtest.cli import run_loadtest
 
         return run_loadtest(args)
     if args.command == "bench":

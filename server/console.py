@@ -50,7 +50,7 @@ def plotly_js():
 @bp.get("/sample")
 def sample():
     """A generated question for the playground: picture, question (and sound), answer."""
-    from fusion import data  # numpy and Pillow only: no torch on a serving host
+    from fusionserve.zoo import data  # numpy and Pillow only: no torch on a serving host
 
     name = request.args.get("model", "")
     model = services().registry.get(name)

@@ -16,8 +16,8 @@ from conftest import DEMO
 from tokenizers import Tokenizer
 
 from batching import keys
-from fusion import data
-from fusion.tokenizer import encode_batch
+from fusionserve.zoo import data
+from fusionserve.zoo.tokenizer import encode_batch
 
 
 def entries_added(client: redis.Redis, model: str, levels: int = 2) -> int:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from helpers import b64, entries_added
 
-from fusion import data
+from fusionserve.zoo import data
 
 MODEL = "demo"
 

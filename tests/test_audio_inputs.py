@@ -11,7 +11,7 @@ import pytest
 
 from batching.inputs import InvalidInput, decode_audio
 from batching.model_config import AudioPreprocessing
-from fusion import data
+from fusionserve.zoo import data
 
 SETTINGS = AudioPreprocessing(input="audio", sample_rate=8000, samples=8000)
 

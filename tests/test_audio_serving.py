@@ -8,7 +8,7 @@ import pytest
 from conftest import DEMO
 from helpers import b64
 
-from fusion import data
+from fusionserve.zoo import data
 
 MODEL = "avqa"
 REPOSITORY = DEMO.parent

@@ -13,7 +13,7 @@ from conftest import DEMO, ROOT
 from helpers import b64, wait_until
 
 from batching.apikeys import ApiKeys
-from fusion import data
+from fusionserve.zoo import data
 
 MODEL = "demo"
 METRICS_TOKEN = "metrics-token-for-tests-7731"

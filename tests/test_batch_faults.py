@@ -23,7 +23,7 @@ from tokenizers import Tokenizer
 
 from batching import keys
 from batching.bulk import BatchId
-from fusion import data
+from fusionserve.zoo import data
 
 MODEL = "demo"
 

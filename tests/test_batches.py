@@ -28,8 +28,8 @@ from helpers import (
 from tokenizers import Tokenizer
 
 from batching import keys, signature
-from client import AsyncClient, Client, NotFound
-from fusion import data
+from fusionserve.client import AsyncClient, Client, NotFound
+from fusionserve.zoo import data
 
 MODEL = "demo"
 SECRET = "test-webhook-secret"

@@ -18,7 +18,7 @@ import orjson
 import pytest
 from onnx_models import scale_model
 
-from client import (
+from fusionserve.client import (
     AsyncClient,
     BadRequest,
     Client,
@@ -32,9 +32,9 @@ from client import (
     Unavailable,
     WaitTimeout,
 )
-from client._codec import encode_json, v2_body, v2_outputs
-from client._retry import RetryPolicy
-from client.errors import error_from_response, parse_retry_after
+from fusionserve.client._codec import encode_json, v2_body, v2_outputs
+from fusionserve.client._retry import RetryPolicy
+from fusionserve.client.errors import error_from_response, parse_retry_after
 from fusionserve.embedded import free_port
 
 MODEL = "scale"

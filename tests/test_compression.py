@@ -12,8 +12,8 @@ from conftest import DEMO
 from helpers import demo_item
 from tokenizers import Tokenizer
 
-from fusion import data
-from fusion.compress import compress, evaluate_onnx, quantize_int8
+from fusionserve.zoo import data
+from fusionserve.zoo.compress import compress, evaluate_onnx, quantize_int8
 
 SAMPLES = 1000
 
@@ -78,7 +78,7 @@ def test_the_server_serves_a_variant_like_any_model(stack_factory, repository) -
 def test_three_modality_int8_keeps_the_spectrogram_in_fp32(tmp_path) -> None:
     import onnx
 
-    from fusion.compress import spectrogram_matmuls
+    from fusionserve.zoo.compress import spectrogram_matmuls
 
     avqa = DEMO.parent / "avqa"
     source = avqa / "1" / "model.onnx"

@@ -16,7 +16,7 @@ import redis
 from conftest import DEMO
 from helpers import b64, wait_until
 
-from fusion import data
+from fusionserve.zoo import data
 
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 pytestmark = pytest.mark.skipif(

@@ -13,7 +13,7 @@ from conftest import DEMO
 from helpers import b64, demo_item, reference_logits, reference_session, wait_all
 from tokenizers import Tokenizer
 
-from fusion import data
+from fusionserve.zoo import data
 
 MODEL = "demo"
 N_ITEMS = 300

@@ -27,9 +27,9 @@ from helpers import (
 from onnx_models import heavy_model
 
 from batching import keys
-from fusion import data
 from fusionserve.embedded import EmbeddedRedis, free_port
 from fusionserve.launch import LocalStack
+from fusionserve.zoo import data
 
 MODEL = "demo"
 

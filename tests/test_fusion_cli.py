@@ -1,4 +1,4 @@
-"""`fusionserve export` (fusion.cli): options, the accuracy gate, and what it writes."""
+"""`fusionserve export` (fusionserve.zoo.cli): options, the accuracy gate, and what it writes."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import argparse
 import tomllib
 from pathlib import Path
 
-from fusion import cli, train
-from fusion.models import STRATEGIES
+from fusionserve.zoo import cli, train
+from fusionserve.zoo.models import STRATEGIES
 
 
 def _args(*argv: str) -> argparse.Namespace:

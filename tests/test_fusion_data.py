@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fusion import data
-from fusion.data import COLOURS, LABELS, PLURALS, SHAPES, Sample, generate
+from fusionserve.zoo import data
+from fusionserve.zoo.data import COLOURS, LABELS, PLURALS, SHAPES, Sample, generate
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +115,7 @@ def test_sample_command_writes_png_and_json(tmp_path, capsys) -> None:
 
 def test_serving_side_modules_do_not_import_torch() -> None:
     code = (
-        "import sys, fusion.data, fusion.tokenizer, fusion.cli; "
+        "import sys, fusionserve.zoo.data, fusionserve.zoo.tokenizer, fusionserve.zoo.cli; "
         "assert 'torch' not in sys.modules, 'torch imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
@@ -123,7 +123,7 @@ def test_serving_side_modules_do_not_import_torch() -> None:
 
 def test_audio_samples_hold_what_their_answers_say() -> None:
     """Beeps counted by an energy detector and pitch by the dominant frequency agree."""
-    from fusion.tokenizer import UNK_ID, build_tokenizer
+    from fusionserve.zoo.tokenizer import UNK_ID, build_tokenizer
 
     samples = data.generate(400, 21, data.ALL_MODALITIES)
     kinds = {s.kind for s in samples}

@@ -14,8 +14,16 @@ import onnxruntime as ort
 import pytest
 from tokenizers import Tokenizer
 
-from fusion.data import HELD_OUT_SEED, IMAGE_MEAN, IMAGE_STD, LABELS, Sample, generate, normalize
-from fusion.tokenizer import encode_batch
+from fusionserve.zoo.data import (
+    HELD_OUT_SEED,
+    IMAGE_MEAN,
+    IMAGE_STD,
+    LABELS,
+    Sample,
+    generate,
+    normalize,
+)
+from fusionserve.zoo.tokenizer import encode_batch
 
 DEMO = Path(__file__).resolve().parent.parent / "model_repository" / "demo"
 
@@ -28,7 +36,7 @@ def config() -> dict:
 def _accuracy_through_ort(
     sess: ort.InferenceSession, tokenizer: Tokenizer, config: dict, samples: list[Sample]
 ) -> float:
-    """Preprocess exactly as config.toml says (not via fusion.data.normalize), then run."""
+    """Preprocess exactly as config.toml says (not via fusionserve.zoo.data.normalize), then run."""
     text, image_cfg = config["preprocessing"]["text"], config["preprocessing"]["image"]
     mean = np.asarray(image_cfg["mean"], np.float32)[:, None, None]
     std = np.asarray(image_cfg["std"], np.float32)[:, None, None]
@@ -79,8 +87,8 @@ def test_shipped_model_accuracy_on_held_out_samples(config: dict) -> None:
 @pytest.mark.slow
 def test_demo_configuration_retrains_to_95_percent(tmp_path: Path) -> None:
     """The shipped model is reproducible: same recipe, fresh weights, same bar."""
-    from fusion import train as training
-    from fusion.export import PARITY_TOLERANCE, export_to_repository
+    from fusionserve.zoo import train as training
+    from fusionserve.zoo.export import PARITY_TOLERANCE, export_to_repository
 
     model, accuracy = training.train(log=None)
     assert accuracy >= 0.95

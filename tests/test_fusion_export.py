@@ -15,17 +15,17 @@ import onnx
 import pytest
 import torch
 
-from fusion.data import ALL_MODALITIES, generate, labels
-from fusion.export import (
+from fusionserve.zoo.data import ALL_MODALITIES, generate, labels
+from fusionserve.zoo.export import (
     PARITY_TOLERANCE,
     check_parity,
     export_to_repository,
     session,
 )
-from fusion.features import input_names, model_inputs
-from fusion.models import STRATEGIES, build_model
-from fusion.tokenizer import MAX_LENGTH, PAD_ID, build_tokenizer
-from fusion.train import train
+from fusionserve.zoo.features import input_names, model_inputs
+from fusionserve.zoo.models import STRATEGIES, build_model
+from fusionserve.zoo.tokenizer import MAX_LENGTH, PAD_ID, build_tokenizer
+from fusionserve.zoo.train import train
 
 TINY = {
     "dim": 16,

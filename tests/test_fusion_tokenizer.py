@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 from tokenizers import Tokenizer
 
-from fusion.data import generate
-from fusion.tokenizer import (
+from fusionserve.zoo.data import generate
+from fusionserve.zoo.tokenizer import (
     CLS_ID,
     MAX_LENGTH,
     PAD_ID,

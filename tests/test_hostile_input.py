@@ -17,7 +17,7 @@ from conftest import DEMO
 from helpers import b64, entries_added
 from PIL import Image
 
-from fusion import data
+from fusionserve.zoo import data
 
 MODEL = "demo"
 VOCAB = 45

@@ -11,9 +11,9 @@ import numpy as np
 import orjson
 import pytest
 
-from client.types import ModelInfo, TensorSpec
-from loadtest.http import HttpError, Pool
-from loadtest.payloads import (
+from fusionserve.client.types import ModelInfo, TensorSpec
+from fusionserve.loadtest.http import HttpError, Pool
+from fusionserve.loadtest.payloads import (
     PayloadError,
     build,
     jsonl_items,

@@ -10,7 +10,7 @@ import pytest
 from onnx_models import scale_model
 
 from fusionserve.embedded import free_port
-from loadtest.cli import is_loopback, main
+from fusionserve.loadtest.cli import is_loopback, main
 
 MODEL = "scale"
 

@@ -8,8 +8,15 @@ import math
 import numpy as np
 import pytest
 
-from loadtest.schedule import Budget, arrival_times
-from loadtest.stats import Record, format_table, latency_summary, percentile, report, summarize
+from fusionserve.loadtest.schedule import Budget, arrival_times
+from fusionserve.loadtest.stats import (
+    Record,
+    format_table,
+    latency_summary,
+    percentile,
+    report,
+    summarize,
+)
 
 
 @pytest.mark.parametrize(

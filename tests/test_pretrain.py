@@ -10,9 +10,9 @@ import torch
 from helpers import b64
 from tokenizers import Tokenizer
 
-from fusion import data
-from fusion.models import ModelSize
-from fusion.pretrain import (
+from fusionserve.zoo import data
+from fusionserve.zoo.models import ModelSize
+from fusionserve.zoo.pretrain import (
     DualEncoder,
     caption_batch,
     export_embedding_model,
@@ -21,7 +21,7 @@ from fusion.pretrain import (
     retrieval_accuracy,
     transfer_model,
 )
-from fusion.tokenizer import UNK_ID, build_tokenizer
+from fusionserve.zoo.tokenizer import UNK_ID, build_tokenizer
 
 TINY = {"dim": 32, "heads": 2, "text_layers": 1, "image_layers": 1, "stem_channels": 8}
 
@@ -103,7 +103,7 @@ def test_the_shipped_embedding_model_matches_pictures_to_their_captions() -> Non
     import onnxruntime as ort
     from conftest import DEMO
 
-    from fusion.features import model_inputs
+    from fusionserve.zoo.features import model_inputs
 
     clip = DEMO.parent / "clip"
     session = ort.InferenceSession(

@@ -18,9 +18,9 @@ import redis
 from conftest import DEMO
 from helpers import b64
 
-from fusion import data
 from fusionserve.embedded import EmbeddedRedis, free_port
 from fusionserve.launch import LocalStack
+from fusionserve.zoo import data
 
 PASSWORD = "tls-test-password-9124"
 

@@ -14,7 +14,7 @@ from conftest import ROOT
 from helpers import b64, entries_added
 
 from batching import keys
-from fusion import data
+from fusionserve.zoo import data
 
 MODEL = "clip"
 

@@ -15,8 +15,8 @@ import pytest
 from conftest import DEMO
 
 from batching.model_config import InstancesConfig
-from fusion import data
-from fusion.tokenizer import encode_batch
+from fusionserve.zoo import data
+from fusionserve.zoo.tokenizer import encode_batch
 from worker.repository import scan
 from worker.runtime import CPU, CUDA, TENSORRT, ModelRuntime, choose_providers, provider_options
 

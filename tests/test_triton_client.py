@@ -10,8 +10,8 @@ import pytest
 from conftest import DEMO
 from tokenizers import Tokenizer
 
-from fusion import data
-from fusion.tokenizer import encode_batch
+from fusionserve.zoo import data
+from fusionserve.zoo.tokenizer import encode_batch
 
 httpclient = pytest.importorskip("tritonclient.http")
 from tritonclient.utils import InferenceServerException  # noqa: E402

@@ -24,7 +24,7 @@ from helpers import wait_until
 from stack import ROOT
 
 from batching import keys
-from fusion import data
+from fusionserve.zoo import data
 
 MODEL = "demo"
 POLICY = "\n[version_policy]\nlatest = 2\n"

@@ -16,7 +16,7 @@ from helpers import demo_item, wait_settled, wait_until
 from tokenizers import Tokenizer
 
 from batching import keys
-from fusion import data
+from fusionserve.zoo import data
 
 MODEL = "demo"
 DEADLINE_S = 12

@@ -8,9 +8,9 @@ from typing import Any
 
 import httpx
 
-from client._calls import Call
-from client._retry import RetryPolicy
-from client.errors import FusionServeError, error_from_response, error_from_transport
+from fusionserve.client._calls import Call
+from fusionserve.client._retry import RetryPolicy
+from fusionserve.client.errors import FusionServeError, error_from_response, error_from_transport
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 USER_AGENT = "fusionserve-client/0.1"

@@ -15,10 +15,10 @@ import torch
 from tokenizers import Tokenizer
 from torch import nn
 
-from fusion.data import HELD_OUT_SEED, MODALITIES, TRAIN_SEED, Sample, generate, labels
-from fusion.features import model_inputs
-from fusion.models import FusionModel, build_model
-from fusion.tokenizer import build_tokenizer
+from fusionserve.zoo.data import HELD_OUT_SEED, MODALITIES, TRAIN_SEED, Sample, generate, labels
+from fusionserve.zoo.features import model_inputs
+from fusionserve.zoo.models import FusionModel, build_model
+from fusionserve.zoo.tokenizer import build_tokenizer
 
 # The shipped demo: the configuration measured to clear 95 % held-out accuracy in minutes.
 DEMO_STRATEGY = "cross_attention"

@@ -1,4 +1,4 @@
-"""``fusionserve loadtest`` (and ``python -m loadtest.cli``): flags, the sweep, the report.
+"""``fusionserve loadtest`` (and ``python -m fusionserve.loadtest``): flags, the sweep, the report.
 
 Exit status: 0 when every request succeeded, 1 when some failed, 2 when the run could not
 start (bad flags, server unreachable, unknown model, payload that does not fit).
@@ -15,10 +15,10 @@ import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from client import Client, FusionServeError
-from loadtest.payloads import PayloadError, build
-from loadtest.runner import RunSettings, run_sweep
-from loadtest.stats import format_table, report
+from fusionserve.client import Client, FusionServeError
+from fusionserve.loadtest.payloads import PayloadError, build
+from fusionserve.loadtest.runner import RunSettings, run_sweep
+from fusionserve.loadtest.stats import format_table, report
 
 DEFAULT_DURATION_S = 10.0
 
@@ -208,7 +208,7 @@ def run_loadtest(args: argparse.Namespace) -> int:
         args.json.write_text(json.dumps(report(config, summaries), indent=2) + "\n")
         print(f"wrote {args.json}")
     if args.plot:
-        from loadtest.plot import plot
+        from fusionserve.loadtest.plot import plot
 
         try:
             plot(summaries, args.plot, f"{args.model} ({args.api}, {mode} loop)")

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from fusion.data import AUDIO_SAMPLES, MODALITIES, SAMPLE_RATE
+from fusionserve.zoo.data import AUDIO_SAMPLES, MODALITIES, SAMPLE_RATE
 
 STRATEGIES = ("early", "late", "cross_attention", "gated_hybrid")
 _MASKED = -1e9  # added to scores of padding keys; exp() of it underflows to exactly 0

@@ -1,6 +1,6 @@
 """The question tokenizer: word level over the template vocabulary, shipped as tokenizer.json.
 
-Imports only `tokenizers` and numpy (via fusion.data): the server loads the saved JSON with
+Imports only `tokenizers` and numpy (via fusionserve.zoo.data): the server loads the saved JSON with
 `Tokenizer.from_file` and needs neither torch nor this module's training side.
 """
 
@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import numpy as np
 from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, processors
 
-from fusion.data import Sample, normalize, vocabulary
+from fusionserve.zoo.data import Sample, normalize, vocabulary
 
 PAD_TOKEN, UNK_TOKEN, CLS_TOKEN = "[PAD]", "[UNK]", "[CLS]"
 PAD_ID, UNK_ID, CLS_ID = 0, 1, 2

@@ -1,4 +1,4 @@
-"""The asyncio client: the same calls as :class:`client.Client`, awaited."""
+"""The asyncio client: the same calls as :class:`fusionserve.client.Client`, awaited."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ import httpx
 import numpy as np
 import orjson
 
-from client import _base, _calls, _codec
-from client._calls import Call
-from client.errors import WaitTimeout, error_from_response
-from client.types import JobResult, ModelInfo
+from fusionserve.client import _base, _calls, _codec
+from fusionserve.client._calls import Call
+from fusionserve.client.errors import WaitTimeout, error_from_response
+from fusionserve.client.types import JobResult, ModelInfo
 
 T = TypeVar("T")
 
@@ -24,7 +24,7 @@ T = TypeVar("T")
 class AsyncClient:
     """A fusionserve server at ``base_url``; one ``httpx.AsyncClient`` per instance.
 
-    Arguments as for :class:`client.Client`. Use ``async with``, or ``await aclose()``.
+    Arguments as for :class:`fusionserve.client.Client`. Use ``async with``, or ``await aclose()``.
     """
 
     def __init__(

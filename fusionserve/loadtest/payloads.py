@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from client._codec import V2_TO_NUMPY, encode_json, image_field, v2_body
-from client.types import ModelInfo, TensorSpec
+from fusionserve.client._codec import V2_TO_NUMPY, encode_json, image_field, v2_body
+from fusionserve.client.types import ModelInfo, TensorSpec
 
 POOL_BODIES = 32  # distinct bodies per run: enough to defeat any caching, cheap to build
 POOL_BYTES = 64 * 1024 * 1024  # stop adding bodies past this (large tensors x many items)
@@ -44,7 +44,7 @@ class PayloadError(ValueError):
 
 def synthetic_items(n: int, seed: int) -> list[dict[str, Any]]:
     """Text + image items from the synthetic shapes VQA data set (numpy and Pillow only)."""
-    from fusion import data
+    from fusionserve.zoo import data
 
     return [
         {"text": s.question, "image": image_field(data.png_bytes(s.image))}

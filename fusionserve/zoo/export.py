@@ -20,7 +20,7 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from fusion.data import (
+from fusionserve.zoo.data import (
     AUDIO_SAMPLES,
     HELD_OUT_SEED,
     IMAGE_MEAN,
@@ -30,9 +30,9 @@ from fusion.data import (
     generate,
     labels,
 )
-from fusion.features import input_names, model_inputs
-from fusion.models import FusionModel, parameter_count
-from fusion.tokenizer import MAX_LENGTH, PAD_ID, build_tokenizer
+from fusionserve.zoo.features import input_names, model_inputs
+from fusionserve.zoo.models import FusionModel, parameter_count
+from fusionserve.zoo.tokenizer import MAX_LENGTH, PAD_ID, build_tokenizer
 
 OPSET = 17
 OUTPUT_NAME = "logits"

@@ -11,8 +11,8 @@ from pathlib import Path
 import orjson
 from tqdm import tqdm
 
-from client.errors import FusionServeError
-from client.sync import Client
+from fusionserve.client.errors import FusionServeError
+from fusionserve.client.sync import Client
 
 FINAL = frozenset({"completed", "failed", "cancelled"})
 

@@ -5,8 +5,8 @@
 ...     print(fs.wait(job, timeout=10).top_label)
 """
 
-from client.aio import AsyncClient
-from client.errors import (
+from fusionserve.client.aio import AsyncClient
+from fusionserve.client.errors import (
     BadRequest,
     ConnectionFailed,
     FusionServeError,
@@ -18,8 +18,8 @@ from client.errors import (
     Unavailable,
     WaitTimeout,
 )
-from client.sync import Client
-from client.types import JobError, JobResult, ModelInfo, TensorSpec, Timings
+from fusionserve.client.sync import Client
+from fusionserve.client.types import JobError, JobResult, ModelInfo, TensorSpec, Timings
 
 __all__ = [
     "AsyncClient",

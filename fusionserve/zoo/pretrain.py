@@ -21,10 +21,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from fusion.data import MODALITIES, TRAIN_SEED, caption, generate, labels
-from fusion.export import trace_to_onnx
-from fusion.features import model_inputs
-from fusion.models import (
+from fusionserve.zoo.data import MODALITIES, TRAIN_SEED, caption, generate, labels
+from fusionserve.zoo.export import trace_to_onnx
+from fusionserve.zoo.features import model_inputs
+from fusionserve.zoo.models import (
     FusionModel,
     ImageEncoder,
     ModelSize,
@@ -32,8 +32,8 @@ from fusion.models import (
     build_model,
     masked_mean,
 )
-from fusion.tokenizer import build_tokenizer, encode_batch
-from fusion.train import apply_step
+from fusionserve.zoo.tokenizer import build_tokenizer, encode_batch
+from fusionserve.zoo.train import apply_step
 
 EMBED_DIM = 64
 PRETRAIN_STEPS = 1500
@@ -98,7 +98,7 @@ def pretrain(
     log_every: int = 250,
 ) -> DualEncoder:
     """Train the dual encoder on fresh caption batches (streams disjoint from fine-tuning)."""
-    from fusion.data import normalize
+    from fusionserve.zoo.data import normalize
 
     torch.set_num_threads(2)
     torch.manual_seed(seed)
@@ -127,7 +127,7 @@ def pretrain(
 @torch.no_grad()
 def retrieval_accuracy(model: DualEncoder, n: int = 256, seed: int = 99) -> float:
     """How often a picture's own caption is the nearest of ``n`` captions (chance: 1/n)."""
-    from fusion.data import HELD_OUT_SEED, normalize
+    from fusionserve.zoo.data import HELD_OUT_SEED, normalize
 
     captions, images = caption_batch(n, [HELD_OUT_SEED, seed])
     ids, mask = encode_batch(build_tokenizer(), captions)
@@ -174,8 +174,8 @@ def export_embedding_model(
     """Write the dual encoder as a served model; returns (model path, worst parity diff)."""
     import onnxruntime as ort
 
-    from fusion.export import render_config
-    from fusion.models import parameter_count
+    from fusionserve.zoo.export import render_config
+    from fusionserve.zoo.models import parameter_count
 
     directory = Path(repository) / name
     path = export_dual_encoder(model, directory / str(version) / "model.onnx")

@@ -28,8 +28,8 @@ import onnx
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
-from fusion.data import HELD_OUT_SEED, generate
-from fusion.features import model_inputs
+from fusionserve.zoo.data import HELD_OUT_SEED, generate
+from fusionserve.zoo.features import model_inputs
 
 VARIANTS = ("int8", "fp16")
 BENCH_BATCH = 64

@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-DEFAULT_STRATEGY = "cross_attention"  # keep in step with fusion.train.DEMO_STRATEGY
+DEFAULT_STRATEGY = "cross_attention"  # keep in step with fusionserve.zoo.train.DEMO_STRATEGY
 STRATEGY_CHOICES = ("early", "late", "cross_attention", "gated_hybrid")  # = models.STRATEGIES
 
 
@@ -63,8 +63,8 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_export(args: argparse.Namespace) -> int:
     """Train, check accuracy, export with a parity check; returns the process exit code."""
-    from fusion import train as training
-    from fusion.export import ParityError, export_to_repository
+    from fusionserve.zoo import train as training
+    from fusionserve.zoo.export import ParityError, export_to_repository
 
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = sorted(set(variants) - {"int8", "fp16"})
@@ -89,7 +89,7 @@ def run_export(args: argparse.Namespace) -> int:
     )
     start = None
     if args.pretrained:
-        from fusion.pretrain import pretrain, transfer_model
+        from fusionserve.zoo.pretrain import pretrain, transfer_model
 
         start = transfer_model(pretrain(args.pretrain_steps, seed), args.strategy, modalities)
     model, accuracy = training.train(args.strategy, steps, seed, modalities=modalities, model=start)
@@ -122,7 +122,7 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def _export_embedding(args: argparse.Namespace) -> int:
-    from fusion.pretrain import export_embedding_model, pretrain, retrieval_accuracy
+    from fusionserve.zoo.pretrain import export_embedding_model, pretrain, retrieval_accuracy
 
     seed = args.seed if args.seed is not None else 0
     print(f"contrastive pre-training for {args.pretrain_steps} steps (seed {seed})", flush=True)
@@ -134,7 +134,7 @@ def _export_embedding(args: argparse.Namespace) -> int:
 
 
 def _compress(repository: Path, name: str, variants: list[str]) -> int:
-    from fusion.compress import compress
+    from fusionserve.zoo.compress import compress
 
     if not (repository / name / "config.toml").is_file():
         print(f"error: no model {name!r} in {repository}", file=sys.stderr)
@@ -153,7 +153,7 @@ def _compress(repository: Path, name: str, variants: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m fusion.cli", description="train and export a fusion model"
+        prog="python -m fusionserve.zoo.cli", description="train and export a fusion model"
     )
     add_export_arguments(parser)
     return run_export(parser.parse_args(argv))

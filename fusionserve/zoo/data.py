@@ -335,8 +335,8 @@ def png_bytes(image: np.ndarray) -> bytes:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m fusion.data sample --seed S --png out.png`: one sample for a curl demo."""
-    parser = argparse.ArgumentParser(prog="python -m fusion.data")
+    """`python -m fusionserve.zoo.data sample --seed S --png out.png`: one sample for curl."""
+    parser = argparse.ArgumentParser(prog="python -m fusionserve.zoo.data")
     sub = parser.add_subparsers(dest="command", required=True)
     sample = sub.add_parser("sample", help="write one sample's PNG, print its question/answer")
     sample.add_argument("--seed", type=int, default=HELD_OUT_SEED)

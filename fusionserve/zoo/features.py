@@ -11,8 +11,8 @@ from collections.abc import Sequence
 import numpy as np
 from tokenizers import Tokenizer
 
-from fusion.data import Sample, normalize
-from fusion.tokenizer import MAX_LENGTH, encode_batch
+from fusionserve.zoo.data import Sample, normalize
+from fusionserve.zoo.tokenizer import MAX_LENGTH, encode_batch
 
 INPUTS: dict[str, tuple[str, ...]] = {
     "text": ("input_ids", "attention_mask"),

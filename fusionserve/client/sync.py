@@ -12,10 +12,10 @@ import httpx
 import numpy as np
 import orjson
 
-from client import _base, _calls, _codec
-from client._calls import Call
-from client.errors import WaitTimeout, error_from_response
-from client.types import JobResult, ModelInfo
+from fusionserve.client import _base, _calls, _codec
+from fusionserve.client._calls import Call
+from fusionserve.client.errors import WaitTimeout, error_from_response
+from fusionserve.client.types import JobResult, ModelInfo
 
 T = TypeVar("T")
 
@@ -25,7 +25,7 @@ class Client:
 
     ``timeout`` is the per-request HTTP timeout (long polls extend it by their wait);
     ``max_retries`` bounds the retries of 429/503 answers and connection failures (see
-    :mod:`client._retry`). Extra keyword arguments go to ``httpx.Client`` (e.g.
+    :mod:`fusionserve.client._retry`). Extra keyword arguments go to ``httpx.Client`` (e.g.
     ``event_hooks``, ``transport``, ``verify``).
     """
 

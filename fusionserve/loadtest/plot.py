@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from loadtest.stats import PERCENTILES, RunSummary
+from fusionserve.loadtest.stats import PERCENTILES, RunSummary
 
 
 def plot(summaries: Sequence[RunSummary], path: Path, title: str = "") -> Path:

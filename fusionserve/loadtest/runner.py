@@ -1,8 +1,8 @@
 """The asyncio load generator: closed loop (N workers) or open loop (Poisson arrivals).
 
-Each sweep point gets its own connection pool (:mod:`loadtest.http`, far cheaper per
+Each sweep point gets its own connection pool (:mod:`fusionserve.loadtest.http`, far cheaper per
 request than httpx) and never retries: a refusal is a result here, not something to
-hide. Error answers are parsed by the SDK (:func:`client.errors.error_from_response`),
+hide. Error answers are parsed by the SDK (:func:`fusionserve.client.errors.error_from_response`),
 so they are named as the SDK names them. ``--api v1`` submits and then long-polls the
 job, so latency runs from the (scheduled) send to the final result; ``--api v2`` is one
 synchronous KServe V2 call. Every loop is bounded: by its count or
@@ -22,14 +22,14 @@ from urllib.parse import quote
 import httpx
 import orjson
 
-from client import FusionServeError
-from client.errors import error_from_response
-from client.types import FINAL_STATES, Timings
-from loadtest.http import Pool, Response
-from loadtest.payloads import Payloads
-from loadtest.progress import Progress
-from loadtest.schedule import Budget, arrival_times
-from loadtest.stats import Record, RunSummary, summarize
+from fusionserve.client import FusionServeError
+from fusionserve.client.errors import error_from_response
+from fusionserve.client.types import FINAL_STATES, Timings
+from fusionserve.loadtest.http import Pool, Response
+from fusionserve.loadtest.payloads import Payloads
+from fusionserve.loadtest.progress import Progress
+from fusionserve.loadtest.schedule import Budget, arrival_times
+from fusionserve.loadtest.stats import Record, RunSummary, summarize
 
 clock = time.perf_counter
 

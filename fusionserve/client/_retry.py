@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from client.errors import FusionServeError
+from fusionserve.client.errors import FusionServeError
 
 RETRY_STATUSES = frozenset({429, 503})
 NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)

@@ -14,8 +14,8 @@ import httpx
 import numpy as np
 import orjson
 
-from client import _codec
-from client.types import JobResult, ModelInfo
+from fusionserve.client import _codec
+from fusionserve.client.types import JobResult, ModelInfo
 
 T = TypeVar("T")
 JSON_HEADERS = {"Content-Type": "application/json"}
