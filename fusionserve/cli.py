@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from batching.settings import Settings
+from fusionserve.paths import PACKAGE, shipped_model_repository
 
 BENCHMARKS = (
     "ceiling",
@@ -37,9 +38,16 @@ BENCHMARKS = (
 
 
 def _settings(args: argparse.Namespace, **fields: Any) -> Settings:
-    """Flags override the environment; unset flags leave it alone."""
+    """Flags override the environment; unset flags leave it alone. With no repository named
+    (flag or ``FUSIONSERVE_MODEL_REPOSITORY``) and no ``model_repository/`` in the working
+    directory, the models that ship with fusionserve are served."""
     given = {k: v for k, v in fields.items() if v is not None}
-    return Settings(**given)
+    settings = Settings(**given)
+    if "model_repository" not in settings.model_fields_set and not (
+        settings.model_repository.is_dir()
+    ):
+        settings.model_repository = shipped_model_repository()
+    return settings
 
 
 def _serving_flags(parser: argparse.ArgumentParser) -> None:
@@ -52,7 +60,8 @@ def _repository_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model-repository",
         type=Path,
-        help="model repository directory (default model_repository)",
+        help="model repository directory (default: ./model_repository if there is one,"
+        " else the models shipped with fusionserve)",
     )
 
 
@@ -104,7 +113,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_loadtest_arguments(loadtest)
 
-    bench = sub.add_parser("bench", help="run a benchmark script from benchmarks/")
+    bench = sub.add_parser("bench", help="run a benchmark from a checkout's benchmarks/")
+    bench.add_argument(
+        "--results-dir",
+        type=Path,
+        help="where its report goes (default: FUSIONSERVE_BENCHMARK_RESULTS, else"
+        " ./benchmark-results)",
+    )
     bench.add_argument("name", choices=BENCHMARKS, help="which benchmark")
     bench.add_argument("args", nargs=argparse.REMAINDER, help="its own arguments")
     return parser
@@ -160,6 +175,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "bench":
         import importlib
 
+        # benchmarks/ lives in the repository and is not installed: run from a checkout
+        checkouts = [Path.cwd(), PACKAGE.parent]
+        root = next((d for d in checkouts if (d / "benchmarks" / "__init__.py").is_file()), None)
+        if root is None:
+            print("fusionserve bench: run it in a checkout of the repository", file=sys.stderr)
+            return 2
+        sys.path.insert(0, str(root))
+        if args.results_dir is not None:
+            os.environ["FUSIONSERVE_BENCHMARK_RESULTS"] = str(args.results_dir)
         sys.argv = [f"fusionserve bench {args.name}", *args.args]
         return importlib.import_module(f"benchmarks.{args.name}").main()
     return 2

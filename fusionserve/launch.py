@@ -5,13 +5,13 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import httpx
 
+from batching.processes import fusionserve_command
 from fusionserve.embedded import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,7 +47,7 @@ class LocalStack:
     ) -> subprocess.Popen[bytes]:
         log = (self.logs / f"{name}-{len(self.procs)}.log").open("wb")
         proc = subprocess.Popen(
-            [*wrap, sys.executable, "-m", "fusionserve.cli", *args],
+            [*wrap, *fusionserve_command(*args)],
             env={**self.env, **env},
             stdout=log,
             stderr=subprocess.STDOUT,

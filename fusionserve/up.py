@@ -22,13 +22,12 @@ import logging
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
 
-from batching.processes import die_with_parent
+from batching.processes import die_with_parent, fusionserve_command
 from batching.settings import Settings
 from fusionserve.embedded import EmbeddedRedis
 
@@ -43,7 +42,7 @@ MAX_BACKOFF_S = 16.0
 def _spawn(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
     """A ``fusionserve`` subcommand in a session of its own (Ctrl+C goes to ``up`` only)."""
     return subprocess.Popen(
-        [sys.executable, "-m", "fusionserve.cli", *args],
+        fusionserve_command(*args),
         env=env,
         start_new_session=True,
         preexec_fn=die_with_parent,
@@ -161,11 +160,12 @@ def run_up(settings: Settings, workers: int) -> int:
         for child in [*model_workers, *api]:
             child.start()
         log.info(
-            "fusionserve up: API on http://%s:%d, %d worker(s), Redis %s",
+            "fusionserve up: API on http://%s:%d, %d worker(s), Redis %s, models from %s",
             settings.host,
             settings.port,
             workers,
             env["REDIS_URL"].split("@")[-1],
+            settings.model_repository,
         )
         while not stop.wait(0.2):
             reasons = [

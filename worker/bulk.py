@@ -20,7 +20,6 @@ import logging
 import os
 import socket
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -33,7 +32,7 @@ from batching import keys
 from batching.bulk import ACTIVE_STATES, BatchId, BatchStore
 from batching.bulk_jobs import enqueue_ingest, enqueue_webhook, ingest_waiting_or_fresh
 from batching.connection import client_from_url
-from batching.processes import die_with_parent
+from batching.processes import die_with_parent, fusionserve_command
 from batching.settings import Settings
 from worker.webhooks import retry_policy
 
@@ -179,5 +178,5 @@ def run_bulk_worker(settings: Settings, queues: list[str] | None = None) -> int:
 
 def _spawn_webhook_worker() -> subprocess.Popen[bytes]:
     """``fusionserve bulk-worker --queue fusionserve-webhooks``, ended if this process dies."""
-    command = [sys.executable, "-m", "fusionserve.cli", "bulk-worker", "--queue"]
-    return subprocess.Popen([*command, keys.WEBHOOK_QUEUE], preexec_fn=die_with_parent)
+    command = fusionserve_command("bulk-worker", "--queue", keys.WEBHOOK_QUEUE)
+    return subprocess.Popen(command, preexec_fn=die_with_parent)
