@@ -19,7 +19,10 @@ import orjson
 from fusionserve.embedded import EmbeddedRedis
 from fusionserve.launch import LocalStack
 
-RESULTS = Path(__file__).resolve().parent / "results"
+ROOT = Path(__file__).resolve().parent.parent
+# Where results go: a directory the user names (`fusionserve bench --results-dir`, or the
+# variable), default ./benchmark-results. benchmarks/results holds the reports the docs quote.
+RESULTS = Path(os.environ.get("FUSIONSERVE_BENCHMARK_RESULTS", "benchmark-results"))
 
 
 def machine() -> dict[str, Any]:
@@ -171,11 +174,24 @@ def _fmt(value: Any) -> str:
     return "" if value is None else str(value)
 
 
+def _portable(value: Any) -> Any:
+    """No machine paths in a report: a file's absolute path (not a name like "/v2 single item")
+    becomes relative to the repository, or its bare name outside it."""
+    if isinstance(value, dict):
+        return {k: _portable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_portable(v) for v in value]
+    if isinstance(value, Path | str) and os.path.isabs(value) and os.path.exists(value):
+        path = Path(value)
+        return str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path.name)
+    return str(value) if isinstance(value, Path) else value
+
+
 def write_json(name: str, payload: dict[str, Any]) -> Path:
-    RESULTS.mkdir(exist_ok=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
     payload = {"benchmark": name, "machine": machine(), "argv": sys.argv, **payload}
-    path.write_text(json.dumps(payload, indent=2))
+    path.write_text(json.dumps(_portable(payload), indent=2))
     return path
 
 

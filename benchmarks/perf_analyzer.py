@@ -97,7 +97,7 @@ def main() -> int:
             reader = csv.reader(io.StringIO(out.read_text()))
             header = next(reader)
             rows += list(reader)
-    RESULTS.mkdir(exist_ok=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / "perf_analyzer.csv"
     with path.open("w", newline="") as fh:
         writer = csv.writer(fh)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import tomllib
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -13,7 +14,7 @@ from helpers import demo_item
 from tokenizers import Tokenizer
 
 from fusionserve.zoo import data
-from fusionserve.zoo.compress import compress, evaluate_onnx, quantize_int8
+from fusionserve.zoo.compress import _scratch, compress, evaluate_onnx, quantize_int8
 
 SAMPLES = 1000
 
@@ -87,3 +88,18 @@ def test_three_modality_int8_keeps_the_spectrogram_in_fp32(tmp_path) -> None:
     fp32, _ = evaluate_onnx(source, avqa, samples=SAMPLES)
     int8, _ = evaluate_onnx(path, avqa, samples=SAMPLES)
     assert fp32 >= 0.9 and abs(int8 - fp32) <= 0.01
+
+
+def test_ort_scratch_files_never_land_in_the_working_directory(tmp_path, monkeypatch) -> None:
+    """ORT's symbolic shape inference saves sym_shape_infer_temp.onnx (and a .data file) into
+    the current directory when it gives up: compression runs ORT's tools in a temporary one."""
+    work = tmp_path / "work"
+    shutil.copytree(DEMO / "1", work / "src")
+    monkeypatch.chdir(work)
+    with _scratch() as scratch:
+        Path("sym_shape_infer_temp.onnx").write_bytes(b"what ORT leaves behind")
+    assert not scratch.exists()
+    target = quantize_int8(Path("src/model.onnx"), Path("out/model.onnx"))  # relative paths
+    assert target == work / "out" / "model.onnx"
+    assert sorted(p.name for p in work.iterdir()) == ["out", "src"]
+    assert [p.name for p in (work / "out").iterdir()] == ["model.onnx"]

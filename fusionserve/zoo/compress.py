@@ -15,11 +15,13 @@ The server serves them like any other model; clients choose by name.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
+import tempfile
 import time
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,14 +45,24 @@ class Measured:
     megabytes: float
 
 
+@contextlib.contextmanager
+def _scratch() -> Iterator[Path]:
+    """ORT's tools run in a temporary working directory: some write scratch files into the
+    current one (symbolic shape inference leaves ``sym_shape_infer_temp.onnx`` and a ``.data``
+    file there when it gives up), and those must never land in the source tree."""
+    with tempfile.TemporaryDirectory(prefix="fusionserve-compress-") as tmp, contextlib.chdir(tmp):
+        yield Path(tmp)
+
+
 def quantize_int8(source: Path, target: Path) -> Path:
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    source, target = source.resolve(), target.resolve()
     target.parent.mkdir(parents=True, exist_ok=True)
-    prepared = target.with_name("prepared.onnx")
     logging.getLogger().setLevel(logging.ERROR)  # the quantizer's advice is printed as warnings
-    try:
+    with _scratch() as scratch:
+        prepared = scratch / "prepared.onnx"
         quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
         quantize_dynamic(
             str(prepared),
@@ -59,8 +71,6 @@ def quantize_int8(source: Path, target: Path) -> Path:
             op_types_to_quantize=["MatMul"],
             nodes_to_exclude=spectrogram_matmuls(onnx.load(str(prepared)).graph),
         )
-    finally:
-        prepared.unlink(missing_ok=True)
     onnx.checker.check_model(str(target))
     return target
 
@@ -90,8 +100,10 @@ def spectrogram_matmuls(graph: onnx.GraphProto) -> list[str]:
 def convert_fp16(source: Path, target: Path) -> Path:
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
+    source, target = source.resolve(), target.resolve()
     target.parent.mkdir(parents=True, exist_ok=True)
-    model = convert_float_to_float16(onnx.load(str(source)), keep_io_types=True)
+    with _scratch():
+        model = convert_float_to_float16(onnx.load(str(source)), keep_io_types=True)
     _toposort(model.graph)  # the converter appends its input casts after their consumers
     onnx.save(model, str(target))
     onnx.checker.check_model(str(target))
