@@ -96,3 +96,21 @@ def served_demo(module_stack_factory, tmp_path_factory):
     stack.start_worker("demo")
     stack.wait_ready("demo", 1)
     return stack
+
+
+METRICS_TOKEN = "metrics-token-for-tests-7731"
+
+
+@pytest.fixture(scope="module")
+def keyed_demo(module_stack_factory, tmp_path_factory):
+    """The demo served with API keys on (and a /metrics token), per module."""
+    stack = module_stack_factory(
+        DEMO.parent,
+        FUSIONSERVE_AUTH="keys",
+        FUSIONSERVE_METRICS_TOKEN=METRICS_TOKEN,
+        FUSIONSERVE_DATA_DIR=str(tmp_path_factory.mktemp("data")),
+    )
+    stack.start_api()
+    stack.start_worker("demo")
+    stack.wait_ready("demo", 1)
+    return stack

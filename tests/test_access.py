@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from conftest import DEMO
+from conftest import DEMO, METRICS_TOKEN
 
 from batching.apikeys import ApiKeys
 
 MODEL = "demo"
-METRICS_TOKEN = "metrics-token-for-access-tests-4410"
 
 ADMIN_ONLY = (
     "/v1/stats",
@@ -25,17 +24,8 @@ ADMIN_ONLY = (
 
 
 @pytest.fixture(scope="module")
-def stack(module_stack_factory, tmp_path_factory):
-    stack = module_stack_factory(
-        DEMO.parent,
-        FUSIONSERVE_AUTH="keys",
-        FUSIONSERVE_METRICS_TOKEN=METRICS_TOKEN,
-        FUSIONSERVE_DATA_DIR=str(tmp_path_factory.mktemp("data")),
-    )
-    stack.start_api()
-    stack.start_worker(MODEL)
-    stack.wait_ready(MODEL, 1)
-    return stack
+def stack(keyed_demo):
+    return keyed_demo
 
 
 @pytest.fixture(scope="module")

@@ -9,28 +9,18 @@ import sys
 import httpx
 import orjson
 import pytest
-from conftest import DEMO, ROOT
+from conftest import METRICS_TOKEN, ROOT
 from helpers import b64, wait_until
 
 from batching.apikeys import ApiKeys
 from fusionserve.zoo import data
 
 MODEL = "demo"
-METRICS_TOKEN = "metrics-token-for-tests-7731"
 
 
 @pytest.fixture(scope="module")
-def stack(module_stack_factory, tmp_path_factory):
-    stack = module_stack_factory(
-        DEMO.parent,
-        FUSIONSERVE_AUTH="keys",
-        FUSIONSERVE_METRICS_TOKEN=METRICS_TOKEN,
-        FUSIONSERVE_DATA_DIR=str(tmp_path_factory.mktemp("data")),
-    )
-    stack.start_api()
-    stack.start_worker(MODEL)
-    stack.wait_ready(MODEL, 1)
-    return stack
+def stack(keyed_demo):
+    return keyed_demo
 
 
 @pytest.fixture(scope="module")

@@ -12,10 +12,12 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import pytest
 import redis
 from helpers import publish_then_pause, wait_all, wait_until
 from onnx_models import scale_model
@@ -64,9 +66,15 @@ def _json(response: httpx.Response) -> dict | None:
     return body if isinstance(body, dict) else None
 
 
-def test_frozen_redis_bounds_every_request_and_loses_no_acknowledged_job(
-    tmp_path: Path,
-) -> None:
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[tuple[EmbeddedRedis, LocalStack]]:
+    """A Valkey of this test's own (it is frozen) and a stack over the scale model on it.
+
+    The visibility timeout stays at its default (30 s, the jobs' default timeout too): a
+    worker call cut off by the freeze (a pull answered into a closed connection, a start
+    or complete that timed out) must not leave its entries for a reclaim, or they would
+    expire instead of finishing. The worker takes them back itself.
+    """
     server = EmbeddedRedis(tmp_path / "valkey", appendonly=False).start()
     assert server.process is not None
     repo = tmp_path / "repo"
@@ -78,11 +86,19 @@ def test_frozen_redis_bounds_every_request_and_loses_no_acknowledged_job(
         tmp_path / "logs",
         FUSIONSERVE_DATA_DIR=str(tmp_path / "data"),
         FUSIONSERVE_REDIS_TIMEOUT_S=str(BOUND_S),
-        # The default visibility timeout (30 s, the jobs' default timeout too): a worker
-        # call cut off by the freeze (a pull answered into a closed connection, a start or
-        # complete that timed out) must not leave its entries for a reclaim, or they would
-        # expire instead of finishing. The worker takes them back itself.
     )
+    try:
+        yield server, stack
+    finally:
+        os.kill(server.process.pid, signal.SIGCONT)  # never leave it stopped
+        stack.stop()
+        server.stop()
+
+
+def test_frozen_redis_bounds_every_request_and_loses_no_acknowledged_job(
+    own_redis: tuple[EmbeddedRedis, LocalStack],
+) -> None:
+    server, stack = own_redis
     answers: list[Answer] = []
     acknowledged: list[str] = []
     stop = threading.Event()
@@ -174,70 +190,56 @@ def test_frozen_redis_bounds_every_request_and_loses_no_acknowledged_job(
         for runner in runners:
             if runner.is_alive():
                 runner.join(FREEZE_S * 5)
-        stack.stop()
-        server.stop()
 
 
 def test_long_poll_across_a_freeze_ends_in_bound_and_the_listener_resumes(
-    tmp_path: Path,
+    own_redis: tuple[EmbeddedRedis, LocalStack],
 ) -> None:
     """A long poll (on an API process that did not submit the job) parked on the reply
     listener when Redis freezes: its ``wait=30`` is cut short by a 503 within the bound
     (the listener notices the silence and wakes it). After SIGCONT the listener has
     resubscribed: a long poll is woken by the result, not by its deadline."""
-    server = EmbeddedRedis(tmp_path / "valkey", appendonly=False).start()
-    assert server.process is not None
-    repo = tmp_path / "repo"
-    scale_model(repo)
-    (tmp_path / "logs").mkdir()
-    stack = LocalStack(
-        server.url, repo, tmp_path / "logs", FUSIONSERVE_REDIS_TIMEOUT_S=str(BOUND_S)
-    )
-    try:
-        submitter = stack.start_api()
-        stack.start_api()  # polled: its reply channel joins the job's watchers
-        publish_then_pause(stack, "scale")  # no worker: the job stays queued
-        with httpx.Client(base_url=stack.url, timeout=60) as http:
-            submitted = httpx.post(
-                f"{submitter}/v1/models/scale/infer", json={"inputs": {"x": [1, 2, 3, 4]}}
-            )
-            assert submitted.status_code == 202, submitted.text
-            job = submitted.json()["job_id"]
-            outcome: list[tuple[float, httpx.Response]] = []
+    server, stack = own_redis
+    submitter = stack.start_api()
+    stack.start_api()  # polled: its reply channel joins the job's watchers
+    publish_then_pause(stack, "scale")  # no worker: the job stays queued
+    with httpx.Client(base_url=stack.url, timeout=60) as http:
+        submitted = httpx.post(
+            f"{submitter}/v1/models/scale/infer", json={"inputs": {"x": [1, 2, 3, 4]}}
+        )
+        assert submitted.status_code == 202, submitted.text
+        job = submitted.json()["job_id"]
+        outcome: list[tuple[float, httpx.Response]] = []
 
-            def long_poll() -> None:
-                started = time.monotonic()
-                response = http.get(f"/v1/jobs/{job}", params={"wait": 30})
-                outcome.append((time.monotonic() - started, response))
+        def long_poll() -> None:
+            started = time.monotonic()
+            response = http.get(f"/v1/jobs/{job}", params={"wait": 30})
+            outcome.append((time.monotonic() - started, response))
 
-            poller = threading.Thread(target=long_poll)
-            poller.start()
-            parsed = JobId.parse(job)
-            assert parsed is not None
-            watchers = keys.watchers("scale", parsed.entry)
-            with redis.Redis.from_url(server.url) as probe:
-                wait_until(lambda: probe.exists(watchers), "the long poll never watched")
-            os.kill(server.process.pid, signal.SIGSTOP)
-            try:
-                poller.join(LIMIT_S + 30)
-                wait_until(lambda: bool(outcome), "the long poll never ended", 30)
-            finally:
-                os.kill(server.process.pid, signal.SIGCONT)
-            frozen_s, response = outcome.pop()
-            print(f"long poll over a frozen Redis ended after {frozen_s:.2f} s")
-            assert response.status_code == 503, response.text
-            assert response.headers["Retry-After"] and response.json()["error"]["code"]
-            assert frozen_s <= LIMIT_S
+        poller = threading.Thread(target=long_poll)
+        poller.start()
+        parsed = JobId.parse(job)
+        assert parsed is not None
+        watchers = keys.watchers("scale", parsed.entry)
+        with redis.Redis.from_url(server.url) as probe:
+            wait_until(lambda: probe.exists(watchers), "the long poll never watched")
+        os.kill(server.process.pid, signal.SIGSTOP)
+        try:
+            poller.join(LIMIT_S + 30)
+            wait_until(lambda: bool(outcome), "the long poll never ended", 30)
+        finally:
+            os.kill(server.process.pid, signal.SIGCONT)
+        frozen_s, response = outcome.pop()
+        print(f"long poll over a frozen Redis ended after {frozen_s:.2f} s")
+        assert response.status_code == 503, response.text
+        assert response.headers["Retry-After"] and response.json()["error"]["code"]
+        assert frozen_s <= LIMIT_S
 
-            wait_until(lambda: http.get("/readyz").json().get("redis") is True, "no Redis", 30)
-            poller = threading.Thread(target=long_poll)
-            poller.start()
-            stack.start_worker("scale")
-            poller.join(60)
-            woken_s, response = outcome.pop()
-            assert response.json()["status"] == "done", response.text
-            assert woken_s < 29, "woken by its deadline, not by the result: no listener"
-    finally:
-        os.kill(server.process.pid, signal.SIGCONT)
-        stack.stop()
-        server.stop()
+        wait_until(lambda: http.get("/readyz").json().get("redis") is True, "no Redis", 30)
+        poller = threading.Thread(target=long_poll)
+        poller.start()
+        stack.start_worker("scale")
+        poller.join(60)
+        woken_s, response = outcome.pop()
+        assert response.json()["status"] == "done", response.text
+        assert woken_s < 29, "woken by its deadline, not by the result: no listener"
