@@ -10,22 +10,12 @@ from pathlib import Path
 import httpx
 import numpy as np
 import redis
-from helpers import wait_all
+from helpers import pending_by_consumer, wait_all
 from onnx_models import heavy_model
 
 from batching import keys
 
 MODEL = "heavy"
-
-
-def pending_by_consumer(client: redis.Redis) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for level in (1, 2):
-        summary = client.xpending(keys.stream(MODEL, level), keys.GROUP)
-        for consumer in summary["consumers"]:
-            name = consumer["name"].decode()
-            counts[name] = counts.get(name, 0) + int(consumer["pending"])
-    return counts
 
 
 def stranded_refs(client: redis.Redis, consumer: str) -> set[str]:
@@ -56,7 +46,7 @@ def test_sigkill_of_one_worker_loses_no_job(stack_factory, redis_client, tmp_pat
         """
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            for name, count in pending_by_consumer(redis_client).items():
+            for name, count in pending_by_consumer(redis_client, MODEL, (1, 2)).items():
                 if f"-{victim.pid}-" in name and count > 0:
                     victim.send_signal(signal.SIGSTOP)
                     held = stranded_refs(redis_client, name)
@@ -89,7 +79,7 @@ def test_sigkill_of_one_worker_loses_no_job(stack_factory, redis_client, tmp_pat
     assert {r["status"] for r in results.values()} == {"done"}
     for k, job_id in enumerate(job_ids):
         assert len(results[job_id]["outputs"]["y"]) == 512, k
-    assert pending_by_consumer(redis_client).get(victim_name, 0) == 0
+    assert pending_by_consumer(redis_client, MODEL, (1, 2)).get(victim_name, 0) == 0
     stranded = killed["stranded"]
     assert stranded, "the victim held nothing when it died"
     for job_id, result in results.items():  # what the victim died holding, the survivor did

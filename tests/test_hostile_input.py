@@ -14,7 +14,7 @@ import numpy as np
 import orjson
 import pytest
 from conftest import DEMO
-from helpers import b64, entries_added
+from helpers import b64, children, entries_added
 from PIL import Image
 
 from fusionserve.zoo import data
@@ -342,12 +342,9 @@ def _peak_kib(pid: int) -> int:
 
 def _api_pids(stack) -> list[int]:
     """The API's processes: what the stack started and the (gunicorn) workers they forked."""
-    pids = set()
+    pids = set(stack.pids())
     for pid in stack.pids():
-        pids.add(pid)
-        children = Path(f"/proc/{pid}/task/{pid}/children")
-        if children.exists():
-            pids.update(int(c) for c in children.read_text().split())
+        pids.update(children(pid))
     return sorted(pids)
 
 

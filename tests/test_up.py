@@ -11,24 +11,11 @@ from pathlib import Path
 
 import httpx
 import orjson
-from helpers import wait_settled
+from helpers import children, wait_settled
 from onnx_models import scale_model
 from stack import ROOT
 
 from fusionserve.embedded import free_port
-
-
-def children(pid: int) -> set[int]:
-    found = set()
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                found.add(int(entry.name))
-    return found
 
 
 def alive(pid: int) -> bool:
@@ -73,7 +60,7 @@ def test_up_serves_and_sigterm_stops_everything(tmp_path: Path) -> None:
             assert wait_settled(http, batch["batch_id"], timeout_s=60)["counts"]["done"] == 3
             rows = http.get(f"/v1/batches/{batch['batch_id']}/results").text.splitlines()
         assert [orjson.loads(r)["outputs"]["y"][0] for r in rows] == [0.0, 2.0, 4.0]
-        spawned = children(up.pid)
+        spawned = set(children(up.pid))
         assert len(spawned) == 5  # valkey-server, the API (gunicorn master), 2 workers, bulk worker
         spawned |= {grandchild for child in spawned for grandchild in children(child)}
         assert len(spawned) >= 5  # and the API's gunicorn worker processes

@@ -14,10 +14,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from helpers import wait_all, wait_until
+from helpers import children, wait_all, wait_until
 from onnx_models import scale_model
 from stack import ROOT
-from test_up import children
 
 from fusionserve.embedded import free_port
 
