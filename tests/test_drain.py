@@ -9,9 +9,8 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-from helpers import wait_all
+from helpers import pending_by_consumer, wait_all
 from onnx_models import heavy_model
-from test_crash import pending_by_consumer
 
 MODEL = "heavy"
 
@@ -28,7 +27,7 @@ def test_sigterm_finishes_the_batch_in_hand(stack_factory, redis_client, tmp_pat
     def stop_when_holding() -> None:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            if sum(pending_by_consumer(redis_client).values()) > 0:
+            if sum(pending_by_consumer(redis_client, MODEL).values()) > 0:
                 worker.send_signal(signal.SIGTERM)
                 signalled.set()
                 return
@@ -46,7 +45,7 @@ def test_sigterm_finishes_the_batch_in_hand(stack_factory, redis_client, tmp_pat
         watcher.join()
         assert signalled.is_set(), "the worker never took an entry"
         assert worker.wait(30) == 0
-        assert sum(pending_by_consumer(redis_client).values()) == 0  # nothing left unacked
+        assert sum(pending_by_consumer(redis_client, MODEL).values()) == 0  # nothing left unacked
         states = [http.get(f"/v1/jobs/{j}").json()["status"] for j in job_ids]
         assert "done" in states
         assert "running" not in states

@@ -10,9 +10,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 import redis
-from helpers import publish_then_pause, wait_all
+from helpers import pending_by_consumer, publish_then_pause, wait_all
 from onnx_models import heavy_model
-from test_crash import pending_by_consumer
 
 from batching import keys
 
@@ -42,7 +41,7 @@ def test_sigterm_with_more_than_a_batch_held_finishes_each_once_and_exits(
     def stop_when_holding_more_than_a_batch() -> None:
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
-            pending = sum(pending_by_consumer(redis_client).values())
+            pending = sum(pending_by_consumer(redis_client, MODEL).values())
             if pending > one_batch:
                 worker.send_signal(signal.SIGTERM)
                 held["entries"] = pending
@@ -62,7 +61,7 @@ def test_sigterm_with_more_than_a_batch_held_finishes_each_once_and_exits(
         watcher.join()
         assert held, "the worker never held more than one batch"
         assert worker.wait(90) == 0, "the draining worker did not exit"
-        assert sum(pending_by_consumer(redis_client).values()) == 0  # it finished all it held
+        assert sum(pending_by_consumer(redis_client, MODEL).values()) == 0  # finished all
 
         stack.start_worker()  # the rest of the queue is still there for the next worker
         results = wait_all(http, job_ids, timeout_s=180)

@@ -13,9 +13,8 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-from helpers import publish_then_pause, wait_all
+from helpers import pending_by_consumer, publish_then_pause, wait_all
 from onnx_models import heavy_model
-from test_crash import pending_by_consumer
 from test_drain_carry import inferences
 
 MODEL = "heavy"
@@ -54,7 +53,7 @@ def test_pending_per_worker_stays_within_two_batches(
 
     def watch() -> None:
         while not done.is_set():
-            for count in pending_by_consumer(redis_client).values():
+            for count in pending_by_consumer(redis_client, MODEL).values():
                 most["pending"] = max(most["pending"], count)
             time.sleep(0.005)
 
