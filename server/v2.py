@@ -368,11 +368,17 @@ def infer(name: str, version: str | None = None):
         timeout_ms=timeout_ms,
         version=int(version) if version else 0,
         tenant=tenant(),
+        sync=True,
     )
     budget_ms = min(timeout_ms or 10**9, model.meta.config.batching.default_timeout_ms)
     view = svc.queue.wait_submitted(name, ref, budget_ms / 1000.0 + 1.0)
     if view is None or view.result is None:
-        raise ApiError(504, "timeout", "inference did not finish within the request's timeout")
+        raise ApiError(
+            504,
+            "timeout",
+            "inference did not finish within the request's timeout (or its reply was lost "
+            "while this server's connection to Redis was interrupted)",
+        )
     row_errors = view.result.get("row_errors")
     if row_errors:
         row, error = next(iter(row_errors.items()))
