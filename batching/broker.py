@@ -345,6 +345,11 @@ class Broker:
         )
         return job_view(found) if found else None
 
+    def in_stream(self, model: str, ref: str) -> bool:
+        """Whether an entry is still in its stream: not yet finished (completion deletes it)."""
+        entry_id, level = ref.rsplit("-", 1)
+        return bool(self.redis.xrange(keys.stream(model, int(level)), entry_id, entry_id))
+
     def read(self, model: str, ref: str) -> JobView | None:
         found = self.redis.hmget(keys.job(model, ref), "st", "n", "pr", "res", "tn")
         return job_view(found) if found[0] else None

@@ -101,9 +101,10 @@ class JobQueue:
     def wait_submitted(self, model: str, ref: str, wait_s: float) -> JobView | None:
         """Wait for a synchronous entry this process submitted; None when no reply came.
 
-        Its result is published to this process and stored nowhere, so there is nothing to
-        re-read: when the listener loses Redis the wait fails at once (503) while Redis is
-        gone, and a reply lost in the gap leaves the wait to end at its deadline (None).
+        Its result is published to this process and stored nowhere, so a reply lost while
+        the listener was away cannot be re-read: once resubscribed (503 while Redis is
+        gone), an entry still in its stream will be answered here; one already finished
+        lost its reply, and the request fails at once (503 ``reply_lost``).
         """
         deadline = time.monotonic() + wait_s
         waiter = self.listener.register(keys.job(model, ref))
@@ -111,7 +112,15 @@ class JobQueue:
             while waiter.result is None and (left := deadline - time.monotonic()) > 0:
                 waiter.event.clear()
                 if waiter.result is None and waiter.wait(left) and waiter.result is None:
-                    self.listener.ensure_started()  # woken by a lost connection: Redis back?
+                    self.listener.ensure_started()  # woken by a lost connection
+                    if waiter.result is None and not self.broker.in_stream(model, ref):
+                        raise ApiError(
+                            503,
+                            "reply_lost",
+                            "the request ran, but its reply was lost while this server's "
+                            "connection to Redis was interrupted; send it again",
+                            retry_after=1,
+                        )
         finally:
             self.listener.unregister(waiter)
         if waiter.result is None:

@@ -373,12 +373,7 @@ def infer(name: str, version: str | None = None):
     budget_ms = min(timeout_ms or 10**9, model.meta.config.batching.default_timeout_ms)
     view = svc.queue.wait_submitted(name, ref, budget_ms / 1000.0 + 1.0)
     if view is None or view.result is None:
-        raise ApiError(
-            504,
-            "timeout",
-            "inference did not finish within the request's timeout (or its reply was lost "
-            "while this server's connection to Redis was interrupted)",
-        )
+        raise ApiError(504, "timeout", "inference did not finish within the request's timeout")
     row_errors = view.result.get("row_errors")
     if row_errors:
         row, error = next(iter(row_errors.items()))
