@@ -1,9 +1,10 @@
 """The Redis Streams broker: submit, pull micro-batches, finish, reclaim, dead-letter.
 
 Delivery is at-least-once. A submission is ONE stream entry holding all its rows;
-its job record (state, reply channel, later the result) lives beside it. An entry
-is acknowledged only in the same atomic call that writes its result; entries idle
-past the visibility timeout are reclaimed by another worker; past
+its job record (state, reply channel, later the result) lives beside it, except for a
+synchronous one (``/v2``), whose entry carries its reply channel and whose result is only
+published. An entry is acknowledged only in the same atomic call that writes its result;
+entries idle past the visibility timeout are reclaimed by another worker; past
 ``max_deliveries`` they are dead-lettered (the job fails with the reason).
 The atomic steps are the ``.lua`` files beside this module.
 """
@@ -68,6 +69,8 @@ class Entry:
     payload: bytes
     batch: str | None = None
     """The bulk batch's hash key for an entry of a batch (the record's ``bt``), else None."""
+    reply: str | None = None
+    """A synchronous entry's reply channel: it has no job record, its result is only published."""
     _inputs: dict[str, np.ndarray] | None = field(default=None, repr=False)
 
     @property
@@ -132,6 +135,8 @@ class Finish:
     duration_ns: int = 0
     batch: str | None = None
     """Its bulk batch's hash key, when known (else the script asks for it)."""
+    reply: str = ""
+    """A synchronous entry's reply channel (it has no record); '' for an entry with a record."""
 
     @property
     def ref(self) -> str:
@@ -206,7 +211,8 @@ class Finisher:
                 keys.watchers(model, f.ref),
             ]
             index = batches.setdefault(f.batch, len(batches) + 1) if f.batch else 0
-            args += [f.id, f.state, f.result, f.duration_ns, f.version, f.rejected, index, f.mode]
+            args += [f.id, f.state, f.result, f.duration_ns, f.version, f.rejected, index]
+            args += [f.mode, f.reply]
         for batch_key in batches:
             local = batch_key.rsplit(":", 1)[1]
             keys_ += [keys.batch(model, local), keys.batch_inflight(model, local)]
@@ -232,6 +238,9 @@ class NewEntry:
     """(Redis key, what it remembers, seconds): a key seen before adds nothing (Replayed)."""
     tenant: str = ""
     """The API key submitting it: only that key may read or cancel the job."""
+    sync: bool = False
+    """Its submitter waits for it (``/v2`` infer): no job record, the entry carries the reply
+    channel and the result is only published."""
 
     def script_args(self) -> tuple[list[str], list[Any]]:
         """KEYS and ARGV of ``submit.lua``."""
@@ -249,6 +258,7 @@ class NewEntry:
             keys.accepting(self.model),
             *(self.idempotency or ("", "", 0)),
             self.tenant,
+            1 if self.sync else 0,
         ]
         return [keys.outcomes(self.model), keys.stream(self.model, self.priority), *streams], args
 
@@ -335,6 +345,11 @@ class Broker:
         )
         return job_view(found) if found else None
 
+    def in_stream(self, model: str, ref: str) -> bool:
+        """Whether an entry is still in its stream: not yet finished (completion deletes it)."""
+        entry_id, level = ref.rsplit("-", 1)
+        return bool(self.redis.xrange(keys.stream(model, int(level)), entry_id, entry_id))
+
     def read(self, model: str, ref: str) -> JobView | None:
         found = self.redis.hmget(keys.job(model, ref), "st", "n", "pr", "res", "tn")
         return job_view(found) if found[0] else None
@@ -408,9 +423,22 @@ class Broker:
         return entries
 
     def start(self, entries: Sequence[Entry], worker_id: str) -> list[str | None]:
-        """Mark pulled entries running; returns each record's state (final ones are skipped)."""
-        states = self._start(keys=[keys.job(e.model, e.ref) for e in entries], args=[worker_id])
-        return [s.decode() if isinstance(s, bytes) else s for s in states]
+        """Mark pulled entries running; returns each record's state (final ones are skipped).
+
+        A synchronous entry has no record to mark: it is runnable while delivered, and its
+        completion call finishes it only while it is still pending.
+        """
+        tracked = [e for e in entries if e.reply is None]
+        found = iter(
+            self._start(keys=[keys.job(e.model, e.ref) for e in tracked], args=[worker_id])
+            if tracked
+            else []
+        )
+        states: list[str | None] = []
+        for e in entries:
+            state = "queued" if e.reply is not None else next(found)
+            states.append(state.decode() if isinstance(state, bytes) else state)
+        return states
 
     def complete(
         self,
@@ -440,6 +468,7 @@ class Broker:
                 rejected=len(f.result.get("row_errors", ())),
                 duration_ns=max(0, done_ns - f.entry.enqueued_ms * 1_000_000),
                 batch=f.entry.batch,
+                reply=f.entry.reply or "",
             )
             for f in finished
         ]
@@ -496,6 +525,7 @@ class Broker:
                         result,
                         version=str(e.version),
                         batch=e.batch,
+                        reply=e.reply or "",
                     )
                     for e in dead
                 ],
@@ -568,6 +598,7 @@ def _entry(model: str, priority: int, eid: bytes | str, fields: Any) -> Entry:
         version=int(fields.get(b"v", 0)),
         payload=fields[b"x"],
         batch=fields[b"b"].decode() if b"b" in fields else None,
+        reply=fields[b"r"].decode() if b"r" in fields else None,
     )
 
 

@@ -32,10 +32,12 @@ class JobQueue:
         version: int = 0,
         idempotency: tuple[str, str, int] | None = None,
         tenant: str = "",
+        sync: bool = False,
     ) -> str:
         """Enqueue one entry; returns its reference. Raises 422 for a bad priority, 429 if full.
 
         With ``idempotency`` (see NewEntry) a key used before raises ``Replayed`` instead.
+        ``sync``: this process waits for it (``wait_submitted``), so it gets no job record.
         """
         batching = model.meta.config.batching
         level = priority or batching.priority_levels
@@ -55,6 +57,7 @@ class JobQueue:
             version=version,
             idempotency=idempotency,
             tenant=tenant,
+            sync=sync,
         )
         try:
             return self.submitter.submit(entry)
@@ -96,16 +99,33 @@ class JobQueue:
                 return self.broker.read(model, ref)  # a missed message is not a lost result
 
     def wait_submitted(self, model: str, ref: str, wait_s: float) -> JobView | None:
-        """Wait for an entry this process just submitted: its result is published to us."""
+        """Wait for a synchronous entry this process submitted; None when no reply came.
+
+        Its result is published to this process and stored nowhere, so a reply lost while
+        the listener was away cannot be re-read: once resubscribed (503 while Redis is
+        gone), an entry still in its stream will be answered here; one already finished
+        lost its reply, and the request fails at once (503 ``reply_lost``).
+        """
         deadline = time.monotonic() + wait_s
         waiter = self.listener.register(keys.job(model, ref))
         try:
-            self._park(waiter, deadline)
+            while waiter.result is None and (left := deadline - time.monotonic()) > 0:
+                waiter.event.clear()
+                if waiter.result is None and waiter.wait(left) and waiter.result is None:
+                    self.listener.ensure_started()  # woken by a lost connection
+                    if waiter.result is None and not self.broker.in_stream(model, ref):
+                        raise ApiError(
+                            503,
+                            "reply_lost",
+                            "the request ran, but its reply was lost while this server's "
+                            "connection to Redis was interrupted; send it again",
+                            retry_after=1,
+                        )
         finally:
             self.listener.unregister(waiter)
-        if waiter.result is not None:
-            return JobView(waiter.state or "done", 0, 0, codec.unpack(waiter.result))
-        return self.wait(model, ref, max(0.0, deadline - time.monotonic()))
+        if waiter.result is None:
+            return None
+        return JobView(waiter.state or "done", 0, 0, codec.unpack(waiter.result))
 
     @staticmethod
     def _park(waiter: Waiter, deadline: float) -> None:

@@ -368,6 +368,7 @@ def infer(name: str, version: str | None = None):
         timeout_ms=timeout_ms,
         version=int(version) if version else 0,
         tenant=tenant(),
+        sync=True,
     )
     budget_ms = min(timeout_ms or 10**9, model.meta.config.batching.default_timeout_ms)
     view = svc.queue.wait_submitted(name, ref, budget_ms / 1000.0 + 1.0)

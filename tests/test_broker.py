@@ -140,3 +140,37 @@ def test_retry_after_is_the_depth_over_the_fresh_drain_rates(broker: Broker, red
     assert broker.retry_after(MODEL, 2, stale_s=5) == 1  # nothing measured: probe again soon
     redis_client.hset(keys.drain_rates(MODEL), "w3", f"0.05,{now}")
     assert broker.retry_after(MODEL, 2, stale_s=5) == 60  # capped
+
+
+def test_a_reclaimed_synchronous_entry_answers_once(broker: Broker, redis_client) -> None:
+    """A /v2 entry (no record) taken over from a hung worker runs twice, yet only the first
+    completion publishes, releases its version pin and counts; the late one is a no-op."""
+    redis_client.sadd(keys.accepting(MODEL), "1")
+    pubsub = redis_client.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe("fs:reply:sync")
+    x = np.zeros((1, 2), np.float32)
+    ref = broker.submit(
+        NewEntry(MODEL, {"x": x}, 1, 2, 2, "fs:reply:sync", 100, 0, version=1, sync=True)
+    )
+    assert not redis_client.exists(keys.job(MODEL, ref))
+    assert redis_client.get(keys.pinned(MODEL, 1)) == b"1"
+    [hung] = broker.pull(MODEL, "hung", range(1, 3), 10, None)
+    wait_until(lambda: idle_past(redis_client, 10), "the entry never went idle")
+    [taken], dead = broker.reclaim(MODEL, 2, "w2", min_idle_ms=10, max_deliveries=2, ttl_s=60)
+    assert taken.ref == hung.ref == ref and taken.reply == "fs:reply:sync" and dead == []
+    assert broker.start([hung], "hung") == ["queued"]  # runnable: there is no record to mark
+    result = {"outputs": {"y": codec.tensor_to_wire(np.ones((1, 2), np.float32))}}
+    assert broker.complete([Finished(taken, "done", result)], 60, version=1) == 1
+    assert broker.complete([Finished(hung, "done", result)], 60, version=1) == 0
+    redis_client.publish("fs:reply:sync", b"marker")  # after anything the completions sent
+    messages: list[bytes] = []
+    for _ in range(100):  # None: the subscribe confirmation, or nothing within the timeout
+        m = pubsub.get_message(timeout=1)
+        if m is not None and m["data"] == b"marker":
+            break
+        messages += [m["data"]] if m is not None else []
+    assert [m.split(b"\n", 2)[:2] for m in messages] == [[keys.job(MODEL, ref).encode(), b"done"]]
+    assert redis_client.get(keys.pinned(MODEL, 1)) == b"0"
+    assert redis_client.hget(keys.outcomes(MODEL), "done") == b"1"
+    assert broker.stats(MODEL, 1)["success_count"] == 1
+    assert broker.queue_length(MODEL, 2) == 0 and not redis_client.exists(keys.job(MODEL, ref))

@@ -8,6 +8,8 @@ import pytest
 from helpers import entries_added
 from onnx_models import masked_sum_model, scale_model
 
+from batching import keys
+
 
 @pytest.fixture(scope="module")
 def v2(module_stack_factory, module_redis, tmp_path_factory: pytest.TempPathFactory):
@@ -94,3 +96,23 @@ def test_health_endpoints(v2) -> None:
     http, _ = v2
     assert http.get("/v2/health/live").status_code == 200
     assert http.get("/v2/health/ready").status_code == 200
+
+
+def test_a_synchronous_request_leaves_no_job_record_watch_or_idempotency_key(v2) -> None:
+    """Its caller waits on the submitting process: the entry carries the reply channel,
+    the result is only published, and the entry is gone once answered."""
+    http, client = v2
+
+    def per_request_keys() -> set[bytes]:
+        patterns = ("fs:*:job:*", "fs:*:watch:*", "fs:*:idem:*")
+        return {k for pattern in patterns for k in client.scan_iter(match=pattern)}
+
+    before, added = per_request_keys(), entries_added(client, "scale")
+    x = np.arange(8, dtype=np.float32).reshape(2, 4)
+    for path in ("/v2/models/scale/infer", "/v2/models/scale/versions/1/infer"):
+        response = http.post(path, json={"inputs": [tensor("x", x, "FP32")]})
+        assert response.status_code == 200, response.text
+    assert entries_added(client, "scale") == added + 2
+    assert per_request_keys() == before == set()
+    assert sum(client.xlen(keys.stream("scale", level)) for level in (1, 2)) == 0
+    assert int(client.get(keys.pinned("scale", 1)) or 0) == 0  # the pinned one let go

@@ -1,6 +1,8 @@
 -- Admit one submission: refuse it when the model's queue is full, else XADD the entry
 -- (all its rows) and create its job record, atomically, so that no entry exists
--- without a record and a refused submission leaves nothing behind.
+-- without a record and a refused submission leaves nothing behind. A synchronous
+-- submission (``/v2`` infer: its caller waits on the submitting API process) gets no
+-- record: its entry carries the reply channel ('r') and finish.lua publishes its result.
 --
 -- KEYS[1]        the model's outcome counters (a refusal counts as 'rejected')
 -- KEYS[2]        the stream of the chosen priority level
@@ -19,6 +21,7 @@
 -- ARGV[12]       what it remembers, before the entry reference ('<fingerprint>\n<rows>')
 -- ARGV[13]       how long it remembers, seconds
 -- ARGV[14]       the API key (tenant) that owns the job, or '' with access control off
+-- ARGV[15]       '1' for a synchronous submission (no record), else '0'
 -- returns        the entry id, false when the queue is full, the error
 --                "version_unavailable" for a version being unloaded, or, when the
 --                Idempotency-Key was used before, {what it remembers}: nothing is added
@@ -45,10 +48,16 @@ if max_queue > 0 then
     return false
   end
 end
-local id = redis.call('XADD', KEYS[2], '*', 'n', ARGV[2], 'd', ARGV[7], 'v', ARGV[8], 'x', ARGV[3])
-redis.call('HSET', ARGV[1] .. id .. '-' .. ARGV[5], 'st', 'queued', 'n', ARGV[2], 'rp', ARGV[4], 'pr', ARGV[5])
-if ARGV[14] ~= '' then
-  redis.call('HSET', ARGV[1] .. id .. '-' .. ARGV[5], 'tn', ARGV[14])
+local id
+if ARGV[15] == '1' then
+  id = redis.call('XADD', KEYS[2], '*', 'n', ARGV[2], 'd', ARGV[7], 'v', ARGV[8], 'r', ARGV[4], 'x', ARGV[3])
+else
+  id = redis.call('XADD', KEYS[2], '*', 'n', ARGV[2], 'd', ARGV[7], 'v', ARGV[8], 'x', ARGV[3])
+  local record = ARGV[1] .. id .. '-' .. ARGV[5]
+  redis.call('HSET', record, 'st', 'queued', 'n', ARGV[2], 'rp', ARGV[4], 'pr', ARGV[5])
+  if ARGV[14] ~= '' then
+    redis.call('HSET', record, 'tn', ARGV[14])
+  end
 end
 if ARGV[8] ~= '0' then
   redis.call('INCR', ARGV[9] .. ARGV[8])
