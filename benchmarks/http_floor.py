@@ -63,7 +63,7 @@ def commands(processes: int, port: int) -> dict[str, list[str]]:
         "uwsgi gevent": [
             *(
                 str(Path(py).parent / "uwsgi"),
-                "--http-socket",
+                "--http11-socket",
                 f"127.0.0.1:{port}",
                 "--gevent",
                 "2000",
