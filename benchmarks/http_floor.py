@@ -41,6 +41,13 @@ def create_app():
     return app
 """
 
+PYWSGI = """
+from gevent import monkey; monkey.patch_all()
+from gevent.pywsgi import WSGIServer
+from echo_app import create_app
+WSGIServer(("127.0.0.1", {port}), create_app(), log=None, backlog=1024).serve_forever()
+"""
+
 GUNICORN = """
 import sys
 from gevent import monkey; monkey.patch_all()
@@ -55,6 +62,7 @@ def commands(processes: int, port: int) -> dict[str, list[str]]:
     py = sys.executable
     return {
         "gunicorn gevent": [py, "-c", GUNICORN.format(processes=processes, port=port)],
+        "gevent pywsgi (1 process)": [py, "-c", PYWSGI.format(port=port)],
         "granian wsgi": [
             *(py, "-m", "granian", "--interface", "wsgi", "--factory", "--workers"),
             *(str(processes), "--blocking-threads", "32", "--port", str(port)),
@@ -111,7 +119,7 @@ def main() -> int:
     rows = []
     port = free_port()
     for name, cmd in commands(args.processes, port).items():
-        if name != "gunicorn gevent" and not _installed(name):
+        if name.split()[0] not in ("gunicorn", "gevent") and not _installed(name):
             print(f"{name}: not installed, left out")
             continue
         server = subprocess.Popen(cmd, cwd=workdir, start_new_session=True)
