@@ -1,19 +1,22 @@
 """One pub/sub listener per API process wakes the requests waiting on results.
 
 Workers publish each finished result, whole, to the reply channel of the process
-that submitted it (and of any process long-polling it), so a waiting request
-costs no extra Redis read and holds no connection of its own. Pub/sub is
-fire-and-forget: when the listener loses Redis (an error, or a PING unanswered for
-the Redis timeout: a frozen server keeps its connections open and says nothing) and
-again after it resubscribes, every waiter is woken to re-read the stored result, and
-a waiter that times out reads it once more before giving up.
+waiting for it: the one that submitted a synchronous ``/v2`` request, and any process
+long-polling a ``/v1`` job (which registers its channel with the job first), so a
+waiting request costs no extra Redis read and holds no connection of its own. A ``/v1``
+submission answers 202 and waits for nothing, so its result is published to nobody
+until someone polls. Pub/sub is fire-and-forget: when the listener loses Redis (an
+error, or a PING unanswered for the Redis timeout: a frozen server keeps its
+connections open and says nothing) and again after it resubscribes, every waiter is
+woken to re-read the stored result, and a waiter that times out reads it once more
+before giving up.
 
 A result can arrive before its waiter registers (a fast worker answers while the
 submitting request is still on its way back from Redis), so unclaimed messages are
-kept for a moment and handed to a waiter that registers late. Nobody claims most of
-them (a ``/v1`` submission answers 202 and never waits here), so they are bounded by
-count and by age, and expired on every tick of the listener, not only when another
-message arrives: after a burst, a quiet process does not sit on a thousand results.
+kept for a moment and handed to a waiter that registers late. Unclaimed ones (their
+waiter gave up) are bounded by count and by age, and expired on every tick of the
+listener, not only when another message arrives: after a burst, a quiet process does
+not sit on a thousand results.
 """
 
 from __future__ import annotations

@@ -44,14 +44,15 @@ class JobQueue:
         if not 1 <= level <= batching.priority_levels:
             raise invalid(f"priority must be 1..{batching.priority_levels} for model {model.name}")
         timeout_ms = min(timeout_ms or batching.default_timeout_ms, batching.default_timeout_ms)
-        self.listener.ensure_started()
+        if sync:  # its result is published to this process: be listening before it is queued
+            self.listener.ensure_started()
         entry = NewEntry(
             model=model.name,
             tensors=tensors,
             rows=rows,
             priority=level,
             levels=batching.priority_levels,
-            reply_channel=self.listener.channel,
+            reply_channel=self.listener.channel if sync else "",
             max_queue_size=batching.max_queue_size,
             deadline_ms=int(time.time() * 1000) + timeout_ms,
             version=version,

@@ -49,10 +49,13 @@ def test_higher_priority_entries_come_first(broker: Broker) -> None:
     assert [e.ref for e in broker.pull(MODEL, "w1", range(1, 3), 10, None)] == [high, low]
 
 
-def test_complete_writes_publishes_acks_and_deletes(broker: Broker, redis_client) -> None:
+def test_complete_writes_publishes_to_watchers_acks_and_deletes(
+    broker: Broker, redis_client
+) -> None:
     pubsub = redis_client.pubsub(ignore_subscribe_messages=True)
     pubsub.subscribe("fs:reply:test")
     eid = submit(broker)
+    assert broker.watch(MODEL, eid, "fs:reply:test", 60).state == "queued"  # a long-poll
     [entry] = broker.pull(MODEL, "w1", range(1, 3), 10, None)
     assert broker.start([entry], "w1") == ["running"]
     result = {"outputs": {"y": codec.tensor_to_wire(np.ones((1, 2), np.float32))}}

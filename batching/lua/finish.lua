@@ -3,7 +3,8 @@
 -- change (see ``mode``): write its state and result, let it expire after its own TTL
 -- ('tt', a bulk batch's retention) or the default, count it in its bulk batch and drop it
 -- from the batch's in-flight hash (settling the batch with its last item), release its
--- version pin, publish it to the submitter's and every watcher's reply channel, count the
+-- version pin, publish it to every watcher's reply channel (long-polls register there; a
+-- ``/v1`` submitter does not wait, so nobody else is told), count the
 -- outcome. A record already final is left as it is, so a second finish (a late duplicate
 -- from a reclaimed entry, a cancel racing a result) is a no-op. Then XACK and XDEL.
 --
@@ -78,7 +79,7 @@ for i = 1, records do
     end
     redis.call('XDEL', stream, id)
   else
-    local r = redis.call('HMGET', record, 'st', 'bt', 'n', 'tt', 'rp')
+    local r = redis.call('HMGET', record, 'st', 'bt', 'n', 'tt')
     local st, bt = r[1], r[2]
     local batch, inflight
     if j > 0 then
@@ -114,14 +115,8 @@ for i = 1, records do
         end
         release(version)
         local message = record .. '\n' .. state .. '\n' .. result
-        local reply = r[5]
-        if reply then
-          redis.call('PUBLISH', reply, message)
-        end
         for _, channel in ipairs(redis.call('SMEMBERS', watch)) do
-          if channel ~= reply then
-            redis.call('PUBLISH', channel, message)
-          end
+          redis.call('PUBLISH', channel, message)
         end
         redis.call('DEL', watch)
         count(state, duration)

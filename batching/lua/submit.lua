@@ -10,7 +10,8 @@
 -- ARGV[1]        job record key prefix ("fs:{model}:job:")
 -- ARGV[2]        rows in the entry
 -- ARGV[3]        the packed input tensors
--- ARGV[4]        reply channel of the submitting API process
+-- ARGV[4]        reply channel of the submitting API process, for a synchronous entry
+--                (a record's readers register their own through watch.lua)
 -- ARGV[5]        priority level
 -- ARGV[6]        max_queue_size in entries (0: unbounded)
 -- ARGV[7]        deadline, unix ms: past it the entry is expired, never run
@@ -54,7 +55,7 @@ if ARGV[15] == '1' then
 else
   id = redis.call('XADD', KEYS[2], '*', 'n', ARGV[2], 'd', ARGV[7], 'v', ARGV[8], 'x', ARGV[3])
   local record = ARGV[1] .. id .. '-' .. ARGV[5]
-  redis.call('HSET', record, 'st', 'queued', 'n', ARGV[2], 'rp', ARGV[4], 'pr', ARGV[5])
+  redis.call('HSET', record, 'st', 'queued', 'n', ARGV[2], 'pr', ARGV[5])
   if ARGV[14] ~= '' then
     redis.call('HSET', record, 'tn', ARGV[14])
   end

@@ -8,12 +8,12 @@
 -- ARGV[2]   TTL of the watcher set in seconds
 -- returns   {state, rows, priority, result or false, tenant or false}, or false for an
 --           unknown job
-local v = redis.call('HMGET', KEYS[1], 'st', 'n', 'pr', 'res', 'rp', 'tn')
+local v = redis.call('HMGET', KEYS[1], 'st', 'n', 'pr', 'res', 'tn')
 if not v[1] then
   return false
 end
-if not v[4] and v[5] ~= ARGV[1] then
+if not v[4] then
   redis.call('SADD', KEYS[2], ARGV[1])
   redis.call('EXPIRE', KEYS[2], tonumber(ARGV[2]))
 end
-return {v[1], v[2], v[3], v[4], v[6]}
+return {v[1], v[2], v[3], v[4], v[5]}
