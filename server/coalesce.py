@@ -30,6 +30,13 @@ log = logging.getLogger(__name__)
 MAX_PIPELINE = 256
 
 
+class OutcomeUnknown(redis.TimeoutError):
+    """The submission reached Redis but no answer came in time: it may have been queued.
+
+    A client that retries should send the same Idempotency-Key, or it may add the job twice.
+    """
+
+
 @dataclass(eq=False)  # slots are found by identity (their entries hold arrays)
 class _Slot:
     entry: NewEntry
@@ -67,7 +74,7 @@ class SubmitCoalescer:
                 raise redis.TimeoutError(f"not sent to Redis within {self.timeout_s} s")
             # In flight: its pipeline ends within the socket timeout (plus a pool wait).
             if not slot.done.wait(2 * self.timeout_s + 1):
-                raise redis.TimeoutError("no answer from Redis for the submission")
+                raise OutcomeUnknown("no answer from Redis for the submission")
         if isinstance(slot.outcome, Exception):
             raise slot.outcome
         assert slot.outcome is not None
@@ -94,8 +101,15 @@ class SubmitCoalescer:
                 except (redis.TimeoutError, redis.ConnectionError) as exc:
                     # Redis is gone: what queued meanwhile would only wait out the same
                     # timeout, so it fails now too (unsent, so nothing is enqueued twice).
-                    batch += self._take(len(self._queue))
-                    outcomes = [exc] * len(batch)
+                    # A timeout came after the pipeline was sent: those may be queued.
+                    sent: Exception = (
+                        OutcomeUnknown(f"no answer from Redis in time: {exc}")
+                        if isinstance(exc, redis.TimeoutError)
+                        else exc
+                    )
+                    unsent = self._take(len(self._queue))
+                    outcomes = [sent] * len(batch) + [exc] * len(unsent)
+                    batch += unsent
                 except redis.RedisError as exc:
                     outcomes = [exc] * len(batch)
                 except Exception as exc:  # never strand a waiting request

@@ -10,6 +10,7 @@ from werkzeug.exceptions import HTTPException
 
 from batching.inputs import InvalidInput
 from batching.items import TooManyItems
+from server.coalesce import OutcomeUnknown
 
 
 class ApiError(Exception):
@@ -91,6 +92,13 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(redis.RedisError)
     def _redis_down(exc: redis.RedisError):
         app.logger.warning("redis unavailable: %s", exc)
-        response = _body(503, "unavailable", "the queue (Redis) is unreachable; retry shortly")
+        if isinstance(exc, OutcomeUnknown):
+            message = (
+                "the queue (Redis) did not answer in time: the submission may have been "
+                "queued; retry with the same Idempotency-Key so it is not added twice"
+            )
+        else:
+            message = "the queue (Redis) is unreachable; retry shortly"
+        response = _body(503, "unavailable", message)
         response.headers["Retry-After"] = "1"
         return response

@@ -9,6 +9,7 @@ environment for the session, so no process a test starts can reach the user's se
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,6 +40,18 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     server = EmbeddedRedis(tmp_path_factory.mktemp("valkey"), appendonly=False).start()
     yield server.url
     server.stop()
+
+
+@pytest.fixture
+def frozen_able(tmp_path: Path) -> Iterator[EmbeddedRedis]:
+    """A Valkey of the test's own, so SIGSTOP freezes no one else's."""
+    server = EmbeddedRedis(tmp_path / "valkey", appendonly=False).start()
+    assert server.process is not None
+    try:
+        yield server
+    finally:
+        os.kill(server.process.pid, signal.SIGCONT)
+        server.stop()
 
 
 @pytest.fixture

@@ -48,18 +48,6 @@ def _pings(client: redis.Redis) -> bool:
         return False
 
 
-@pytest.fixture
-def frozen_able(tmp_path: Path):
-    """A Valkey of this test's own, so SIGSTOP freezes no one else's."""
-    server = EmbeddedRedis(tmp_path / "valkey", appendonly=False).start()
-    assert server.process is not None
-    try:
-        yield server
-    finally:
-        os.kill(server.process.pid, signal.SIGCONT)
-        server.stop()
-
-
 def test_a_block_longer_than_the_timeout_is_not_a_timeout_but_a_frozen_server_is(
     frozen_able: EmbeddedRedis,
 ) -> None:
