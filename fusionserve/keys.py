@@ -6,9 +6,9 @@ import argparse
 import sys
 
 import orjson
-import redis
 
 from batching.apikeys import ApiKeys
+from batching.connection import client_from_url
 from batching.settings import Settings
 
 
@@ -28,7 +28,7 @@ def run_keys(args: argparse.Namespace, settings: Settings) -> int:
     if not settings.redis_url:
         print("error: REDIS_URL is not set", file=sys.stderr)
         return 2
-    store = ApiKeys(redis.Redis.from_url(settings.redis_url))
+    store = ApiKeys(client_from_url(settings.redis_url, settings, purpose="cli"))
     if args.keys_command == "create":
         if args.rate <= 0 or args.burst < 1:
             print("error: --rate must be > 0 and --burst >= 1", file=sys.stderr)

@@ -27,6 +27,7 @@ from pydantic import ValidationError
 
 from batching import assembly
 from batching.bulk import BatchId, BatchStore, Chunk, read_lines
+from batching.connection import client_from_url
 from batching.inputs import InvalidInput, item_tensors, pad_values
 from batching.items import Item, describe_errors
 from batching.registry import ModelRegistry, PublishedModel
@@ -56,9 +57,14 @@ def ingest_batch(batch_id: str) -> str:
     """RQ entry point: feed the batch until its file is done, it stops, or another owns it."""
     from rq import get_current_job
 
+    settings = get_settings()
     job = get_current_job()
-    client = job.connection if job is not None else redis.Redis.from_url(get_settings().redis_url)
-    return Ingest(client, get_settings(), BatchId.parse(batch_id) or _bad_id(batch_id)).run()
+    client = (
+        job.connection
+        if job is not None
+        else client_from_url(settings.redis_url, settings, purpose="bulk")
+    )
+    return Ingest(client, settings, BatchId.parse(batch_id) or _bad_id(batch_id)).run()
 
 
 def _bad_id(batch_id: str) -> BatchId:
