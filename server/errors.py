@@ -93,12 +93,13 @@ def register_error_handlers(app: Flask) -> None:
     def _redis_down(exc: redis.RedisError):
         app.logger.warning("redis unavailable: %s", exc)
         if isinstance(exc, OutcomeUnknown):
-            message = (
+            code, message = (
+                "outcome_unknown",
                 "the queue (Redis) did not answer in time: the submission may have been "
-                "queued; retry with the same Idempotency-Key so it is not added twice"
+                "queued; retry with the same Idempotency-Key so it is not added twice",
             )
         else:
-            message = "the queue (Redis) is unreachable; retry shortly"
-        response = _body(503, "unavailable", message)
+            code, message = "unavailable", "the queue (Redis) is unreachable; retry shortly"
+        response = _body(503, code, message)
         response.headers["Retry-After"] = "1"
         return response

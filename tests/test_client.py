@@ -78,9 +78,14 @@ def test_backoff_grows_with_jitter_and_honours_retry_after() -> None:
     assert 2.0 <= policy.delay(0, retry_after=2.0) <= 2.2
     assert policy.delay(0, retry_after=1e6) <= 66.0
     queue_full = QueueFull(429, "queue_full", "full")
-    assert policy.after_error(queue_full, 4) is not None
-    assert policy.after_error(queue_full, 5) is None
-    assert policy.after_error(InvalidInput(422, "invalid_input", "bad"), 0) is None
+    assert policy.after_error(queue_full, False, 4) is not None
+    assert policy.after_error(queue_full, False, 5) is None
+    assert policy.after_error(InvalidInput(422, "invalid_input", "bad"), True, 0) is None
+    unreachable = Unavailable(503, "unavailable", "Redis is unreachable")
+    assert policy.after_error(unreachable, False, 0) is not None  # nothing was enqueued
+    unknown = Unavailable(503, "outcome_unknown", "may have been queued")
+    assert policy.after_error(unknown, False, 0) is None  # a submission: maybe enqueued
+    assert policy.after_error(unknown, True, 0) is not None  # a read: safe to repeat
     refused = httpx.ConnectError("refused")
     broken = httpx.ReadError("reset")
     assert policy.after_transport(refused, idempotent=False, attempt=0) is not None

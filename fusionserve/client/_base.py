@@ -58,7 +58,7 @@ def outcome(
     if response.status_code < 400 or response.status_code in call.accept:
         return call.parse(response), None
     error = error_from_response(response)
-    delay = retry.after_error(error, attempt)
+    delay = retry.after_error(error, call.idempotent, attempt)
     if delay is None:
         error.attempts = attempt + 1
         raise error

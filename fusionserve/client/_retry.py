@@ -2,8 +2,9 @@
 
 Retried: 429 and 503 answers (the server enqueued nothing), and transport failures of
 idempotent requests (GETs). A POST is retried after a transport failure only when the
-request cannot have been sent (the connection was never made), so a submission is never
-enqueued twice.
+request cannot have been sent (the connection was never made), and after a 503
+``outcome_unknown`` (Redis got the submission but did not answer in time) never, so a
+submission is never enqueued twice.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import httpx
 from fusionserve.client.errors import FusionServeError
 
 RETRY_STATUSES = frozenset({429, 503})
+OUTCOME_UNKNOWN = "outcome_unknown"
+"""The 503 code of a request that may have taken effect: like a lost answer, not a refusal."""
 NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 
 
@@ -41,9 +44,11 @@ class RetryPolicy:
         ceiling = min(self.backoff_max, self.backoff * 2**attempt)
         return random.uniform(ceiling / 2, ceiling)
 
-    def after_error(self, error: FusionServeError, attempt: int) -> float | None:
+    def after_error(self, error: FusionServeError, idempotent: bool, attempt: int) -> float | None:
         """The delay before retrying an error answer, or None to give up."""
         if attempt >= self.max_retries or error.status not in RETRY_STATUSES:
+            return None
+        if error.code == OUTCOME_UNKNOWN and not idempotent:
             return None
         return self.delay(attempt, error.retry_after)
 
