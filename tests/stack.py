@@ -51,25 +51,30 @@ def gone(pid: int) -> bool:
         return True
 
 
+def kill_tree(*procs: subprocess.Popen[bytes]) -> None:
+    """SIGKILL each of ``procs`` and its descendants; return once every one has exited."""
+    live = [p for p in procs if p.poll() is None]
+    tree = [pid for p in live for pid in (p.pid, *descendants(p.pid))]
+    for pid in tree:  # parents first: a dead parent starts no new child
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    for proc in procs:
+        try:
+            proc.wait(GONE_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            raise RuntimeError(f"pid {proc.pid} outlived SIGKILL") from None
+    deadline = time.monotonic() + GONE_TIMEOUT_S
+    while not all(gone(pid) for pid in tree):  # grandchildren, reaped by someone else
+        if time.monotonic() > deadline:
+            left = [pid for pid in tree if not gone(pid)]
+            raise RuntimeError(f"processes outlived SIGKILL: {left}")
+        time.sleep(0.01)
+
+
 class Stack(LocalStack):
     def stop(self) -> None:
         """SIGKILL each process this stack started, and its descendants; wait until all exit."""
-        live = [p for p in self.procs if p.poll() is None]
-        tree = [pid for p in live for pid in (p.pid, *descendants(p.pid))]
-        for pid in tree:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        for proc in self.procs:
-            try:
-                proc.wait(GONE_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                raise RuntimeError(f"pid {proc.pid} outlived SIGKILL") from None
-        deadline = time.monotonic() + GONE_TIMEOUT_S
-        while not all(gone(pid) for pid in tree):  # grandchildren, reaped by someone else
-            if time.monotonic() > deadline:
-                left = [pid for pid in tree if not gone(pid)]
-                raise RuntimeError(f"processes outlived SIGKILL: {left}")
-            time.sleep(0.01)
+        kill_tree(*self.procs)
 
 
-__all__ = ["ROOT", "Stack"]
+__all__ = ["ROOT", "Stack", "kill_tree"]
