@@ -26,10 +26,10 @@ from helpers import (
     wait_until,
 )
 from onnx_models import heavy_model
+from stack import Stack
 
 from batching import keys
 from fusionserve.embedded import EmbeddedRedis, free_port
-from fusionserve.launch import LocalStack
 from fusionserve.zoo import data
 
 MODEL = "demo"
@@ -44,9 +44,7 @@ def demo_items(n: int) -> list[dict]:
 
 def test_redis_restart_mid_load_loses_no_acknowledged_job(tmp_path: Path) -> None:
     server = EmbeddedRedis(tmp_path / "valkey", appendonly=True).start()
-    stack = LocalStack(
-        server.url, DEMO.parent, tmp_path / "logs", FUSIONSERVE_VISIBILITY_TIMEOUT_S="2"
-    )
+    stack = Stack(server.url, DEMO.parent, tmp_path / "logs", FUSIONSERVE_VISIBILITY_TIMEOUT_S="2")
     (tmp_path / "logs").mkdir()
     items = demo_items(32)
     acknowledged: list[str] = []
@@ -138,7 +136,7 @@ def test_a_worker_cut_off_mid_batch_is_replaced_and_its_late_result_changes_noth
     client = redis.Redis.from_url(server.url)
     (tmp_path / "logs").mkdir()
     env = {"FUSIONSERVE_VISIBILITY_TIMEOUT_S": "2", "FUSIONSERVE_HEARTBEAT_S": "0.5"}
-    stack = LocalStack(server.url, tmp_path / "repo", tmp_path / "logs", **env)
+    stack = Stack(server.url, tmp_path / "repo", tmp_path / "logs", **env)
     try:
         stack.start_api()
         victim = stack.start_worker(

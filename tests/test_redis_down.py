@@ -5,14 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import httpx
+from stack import Stack
 
 from fusionserve.embedded import free_port
-from fusionserve.launch import LocalStack
 
 
 def test_requests_get_503_when_redis_is_unreachable(tmp_path: Path) -> None:
     dead = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
-    with LocalStack(dead, tmp_path, tmp_path) as stack:
+    with Stack(dead, tmp_path, tmp_path) as stack:
         stack.start_api()
         with httpx.Client(base_url=stack.url, timeout=10) as http:
             submit = http.post("/v1/models/demo/infer", json={"text": "hi", "image": "AA=="})

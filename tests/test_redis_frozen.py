@@ -21,10 +21,10 @@ import pytest
 import redis
 from helpers import publish_then_pause, wait_all, wait_until
 from onnx_models import scale_model
+from stack import Stack
 
 from batching import keys
 from fusionserve.embedded import EmbeddedRedis
-from fusionserve.launch import LocalStack
 from server.jobs import JobId
 
 BOUND_S = 1.0
@@ -67,7 +67,7 @@ def _json(response: httpx.Response) -> dict | None:
 
 
 @pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[tuple[EmbeddedRedis, LocalStack]]:
+def own_redis(tmp_path: Path) -> Iterator[tuple[EmbeddedRedis, Stack]]:
     """A Valkey of this test's own (it is frozen) and a stack over the scale model on it.
 
     The visibility timeout stays at its default (30 s, the jobs' default timeout too): a
@@ -80,7 +80,7 @@ def own_redis(tmp_path: Path) -> Iterator[tuple[EmbeddedRedis, LocalStack]]:
     repo = tmp_path / "repo"
     scale_model(repo)
     (tmp_path / "logs").mkdir()
-    stack = LocalStack(
+    stack = Stack(
         server.url,
         repo,
         tmp_path / "logs",
@@ -96,7 +96,7 @@ def own_redis(tmp_path: Path) -> Iterator[tuple[EmbeddedRedis, LocalStack]]:
 
 
 def test_frozen_redis_bounds_every_request_and_loses_no_acknowledged_job(
-    own_redis: tuple[EmbeddedRedis, LocalStack],
+    own_redis: tuple[EmbeddedRedis, Stack],
 ) -> None:
     server, stack = own_redis
     answers: list[Answer] = []
@@ -193,7 +193,7 @@ def test_frozen_redis_bounds_every_request_and_loses_no_acknowledged_job(
 
 
 def test_long_poll_across_a_freeze_ends_in_bound_and_the_listener_resumes(
-    own_redis: tuple[EmbeddedRedis, LocalStack],
+    own_redis: tuple[EmbeddedRedis, Stack],
 ) -> None:
     """A long poll (on an API process that did not submit the job) parked on the reply
     listener when Redis freezes: its ``wait=30`` is cut short by a 503 within the bound

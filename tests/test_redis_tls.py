@@ -17,9 +17,9 @@ import pytest
 import redis
 from conftest import DEMO
 from helpers import b64
+from stack import Stack
 
 from fusionserve.embedded import EmbeddedRedis, free_port
-from fusionserve.launch import LocalStack
 from fusionserve.zoo import data
 
 PASSWORD = "tls-test-password-9124"
@@ -95,7 +95,7 @@ def test_rediss_with_a_password_serves_and_never_logs_the_password(tmp_path: Pat
         redis.Redis(port=proxy.port, password=PASSWORD, socket_timeout=2).ping()
     logs = tmp_path / "logs"
     logs.mkdir()
-    stack = LocalStack(url, DEMO.parent, logs, FUSIONSERVE_DATA_DIR=str(tmp_path / "data"))
+    stack = Stack(url, DEMO.parent, logs, FUSIONSERVE_DATA_DIR=str(tmp_path / "data"))
     try:
         stack.start_api()
         stack.start_worker("demo")

@@ -16,7 +16,7 @@ import httpx
 import pytest
 from helpers import children, wait_all, wait_until
 from onnx_models import scale_model
-from stack import ROOT
+from stack import ROOT, kill_tree
 
 from fusionserve.embedded import free_port
 
@@ -52,7 +52,10 @@ def roles(up_pid: int) -> dict[str, int]:
 
 @pytest.fixture
 def up_factory(tmp_path: Path) -> Iterator:
-    """Start ``fusionserve up`` (output in ``up.log``); stopped with SIGTERM afterwards."""
+    """Start ``fusionserve up`` (output in ``up.log``); SIGKILLed afterwards, with its children.
+
+    Its graceful stop is test_up's; here the teardown only has to leave nothing running.
+    """
     procs: list[subprocess.Popen[bytes]] = []
 
     def start(repo: Path, *args: str, **extra: str) -> tuple[subprocess.Popen[bytes], str]:
@@ -68,13 +71,7 @@ def up_factory(tmp_path: Path) -> Iterator:
 
     yield start
     for up in procs:
-        if up.poll() is None:
-            up.send_signal(signal.SIGTERM)
-            try:
-                up.wait(60)
-            except subprocess.TimeoutExpired:
-                up.kill()
-                up.wait()
+        kill_tree(up)
 
 
 def ready(url: str) -> bool:
