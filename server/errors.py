@@ -100,6 +100,10 @@ def register_error_handlers(app: Flask) -> None:
             )
         else:
             code, message = "unavailable", "the queue (Redis) is unreachable; retry shortly"
-        response = _body(503, code, message)
+        if request.path.startswith("/v2"):  # the KServe V2 shape: {"error": "<message>"}
+            response = jsonify({"error": message})
+            response.status_code = 503
+        else:
+            response = _body(503, code, message)
         response.headers["Retry-After"] = "1"
         return response

@@ -19,6 +19,9 @@ def test_requests_get_503_when_redis_is_unreachable(tmp_path: Path) -> None:
             assert submit.status_code == 503
             assert submit.json()["error"]["code"] == "unavailable"
             assert submit.headers["Retry-After"] == "1"
+            infer = http.post("/v2/models/demo/infer", json={"inputs": []})
+            assert infer.status_code == 503 and infer.headers["Retry-After"] == "1"
+            assert isinstance(infer.json()["error"], str)  # the KServe V2 error shape
             assert http.get("/v1/jobs/demo.1-0-2.0").status_code == 503
             ready = http.get("/readyz")
             assert ready.status_code == 503 and ready.json()["redis"] is False
