@@ -47,6 +47,16 @@ def _body(status: int, code: str, message: str, **extra: Any):
     return response
 
 
+def _path_body(status: int, code: str, message: str):
+    """An error body in the shape of the request's API: KServe V2's ``{"error": "<message>"}``
+    under ``/v2``, else ``{"error": {"code", "message"}}``."""
+    if request.path.startswith("/v2"):
+        response = jsonify({"error": message})
+        response.status_code = status
+        return response
+    return _body(status, code, message)
+
+
 HEADER_FIELDS = ("retry_after", "www_authenticate")
 
 
@@ -83,11 +93,7 @@ def register_error_handlers(app: Flask) -> None:
         if exc.code == 413:
             limit = request.max_content_length
             message = f"request body exceeds the limit of {limit} bytes"
-        if request.path.startswith("/v2"):  # the KServe V2 shape: {"error": "<message>"}
-            response = jsonify({"error": message})
-            response.status_code = exc.code or 500
-            return response
-        return _body(exc.code or 500, code, message)
+        return _path_body(exc.code or 500, code, message)
 
     @app.errorhandler(redis.RedisError)
     def _redis_down(exc: redis.RedisError):
@@ -100,10 +106,6 @@ def register_error_handlers(app: Flask) -> None:
             )
         else:
             code, message = "unavailable", "the queue (Redis) is unreachable; retry shortly"
-        if request.path.startswith("/v2"):  # the KServe V2 shape: {"error": "<message>"}
-            response = jsonify({"error": message})
-            response.status_code = 503
-        else:
-            response = _body(503, code, message)
+        response = _path_body(503, code, message)
         response.headers["Retry-After"] = "1"
         return response
