@@ -137,7 +137,13 @@ def test_a_batch_reaches_100_percent_and_its_results_download(stack, browser) ->
     assert "100 %" in browser.find_element("id", f"batch-{batch_id}").text
     browser.find_element("css selector", f"button[data-results='{batch_id}']").click()
     wait_until(lambda: browser.find_elements("id", f"download-{batch_id}"), "no download link")
-    link = browser.find_element("id", f"download-{batch_id}")
+
+    def refreshes() -> int:
+        return int(browser.find_element("id", "batch-table").get_attribute("data-refreshes"))
+
+    seen = refreshes()
+    wait_until(lambda: refreshes() > seen + 1, "the batch table stopped refreshing")
+    link = browser.find_element("id", f"download-{batch_id}")  # kept across the refreshes
     assert link.get_attribute("data-lines") == "12"
     assert link.get_attribute("download") == f"{batch_id}.jsonl"
 

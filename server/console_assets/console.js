@@ -116,24 +116,44 @@ async function repository(name, action, status) {
 }
 
 // --- batches ------------------------------------------------------------------------------
+const batchRows = new Map();
+
+// One row per batch, built once and updated in place: the refresh each second must not
+// replace a button the user is about to click, nor a results link already fetched.
+function batchRow(batchId) {
+  if (batchRows.has(batchId)) return batchRows.get(batchId);
+  const bar = el("progress", { "data-batch": batchId });
+  const percent = document.createTextNode("");
+  const cells = { status: el("td"), counts: el("td"), eta: el("td") };
+  const cancel = el("button", {}, "cancel");
+  cancel.onclick = async () => { await api("/v1/batches/" + batchId, { method: "DELETE" }); loadBatches(); };
+  const download = el("button", { "data-results": batchId }, "results");
+  download.onclick = () => downloadResults(batchId, download);
+  const row = el("tr", { id: "batch-" + batchId }, el("td", {}, batchId), cells.status,
+    el("td", {}, bar, percent), cells.counts, cells.eta, el("td", {}, cancel, " ", download));
+  row.update = b => {
+    const c = b.counts, settled = c.total - c.queued;
+    bar.setAttribute("max", String(c.total));
+    bar.setAttribute("value", String(settled));
+    percent.textContent = " " + Math.round(100 * settled / Math.max(1, c.total)) + " %";
+    cells.status.textContent = b.status;
+    cells.counts.textContent = `${c.done} / ${c.failed} / ${c.total}`;
+    cells.eta.textContent = b.eta_s === null ? "–" : String(b.eta_s);
+    cancel.disabled = b.finished_at !== null;
+  };
+  batchRows.set(batchId, row);
+  return row;
+}
+
 async function loadBatches() {
   const table = document.getElementById("batch-table");
   let body;
   try { body = await json("/v1/batches?limit=50"); } catch (e) { return; }
-  table.replaceChildren(el("tr", {}, ...["batch", "status", "progress", "done / failed / total", "ETA s", ""].map(h => el("th", {}, h))));
-  for (const b of body.batches) {
-    const c = b.counts, settled = c.total - c.queued;
-    const bar = el("progress", { max: String(c.total), value: String(settled), "data-batch": b.batch_id });
-    const cancel = el("button", {}, "cancel");
-    cancel.disabled = b.finished_at !== null;
-    cancel.onclick = async () => { await api("/v1/batches/" + b.batch_id, { method: "DELETE" }); loadBatches(); };
-    const download = el("button", { "data-results": b.batch_id }, "results");
-    download.onclick = () => downloadResults(b.batch_id, download);
-    table.append(el("tr", { id: "batch-" + b.batch_id }, el("td", {}, b.batch_id), el("td", {}, b.status),
-      el("td", {}, bar, " " + Math.round(100 * settled / Math.max(1, c.total)) + " %"),
-      el("td", {}, `${c.done} / ${c.failed} / ${c.total}`), el("td", {}, b.eta_s === null ? "–" : String(b.eta_s)),
-      el("td", {}, cancel, " ", download)));
-  }
+  const rows = body.batches.map(b => { const row = batchRow(b.batch_id); row.update(b); return row; });
+  const listed = new Set(body.batches.map(b => b.batch_id));
+  for (const id of [...batchRows.keys()]) if (!listed.has(id)) batchRows.delete(id);
+  table.replaceChildren(el("tr", {}, ...["batch", "status", "progress", "done / failed / total", "ETA s", ""].map(h => el("th", {}, h))), ...rows);
+  table.dataset.refreshes = String(Number(table.dataset.refreshes || 0) + 1);
 }
 
 async function downloadResults(batchId, button) {
