@@ -137,7 +137,9 @@ def test_load_v2_then_unload_v1_under_load(
             # came after was refused at once, with nothing enqueued.
             finished = [a for a in answers if a.status_code == 200]
             refused = [a for a in answers if a.status_code != 200]
-            assert finished, "no pinned request was in flight"
+            assert finished, (
+                f"no pinned request was in flight: {[(a.status_code, a.text) for a in answers]}"
+            )
             assert {a.json()["model_version"] for a in finished} == {"1"}
             for a in refused:
                 error = a.json()["error"]
