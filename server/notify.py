@@ -183,24 +183,30 @@ class ReplyListener:
 
         Reads poll for ``TICK_S`` rather than block: a blocked read cannot tell an idle
         channel from a frozen server. When nothing was heard for half the Redis timeout
-        the listener PINGs; no reply within the timeout means Redis is gone.
+        the listener PINGs; Redis is silent only when that PING goes unanswered for the
+        timeout. Time with no PING outstanding proves nothing: a process busy in other
+        work (a large body being parsed holds a gevent process) could not have heard.
         """
         ping_every = self.timeout_s / 2
         heard = pinged = time.monotonic()
         while not self._closed.is_set():
             message = pubsub.get_message(timeout=min(TICK_S, ping_every))
+            if message is None and pinged > heard and time.monotonic() - pinged > self.timeout_s:
+                message = pubsub.get_message(timeout=0)  # busy, not silent: is it waiting?
+                if message is None:
+                    raise redis.TimeoutError(f"no reply from Redis within {self.timeout_s} s")
             now = time.monotonic()
             if message is not None:
                 heard = now
-                kind = message["type"]
-                if kind == "message":
-                    self._dispatch(message["data"])
-                elif kind == "subscribe":
-                    self._subscribed.set()
-                    self._wake_all()  # messages may have been lost while we were away
+                self._handle(message)
             self._expire()
-            if now - heard > ping_every + self.timeout_s:
-                raise redis.TimeoutError(f"no reply from Redis within {self.timeout_s} s")
-            if now - max(heard, pinged) >= ping_every:
+            if pinged <= heard and now - heard >= ping_every:  # one PING outstanding at most
                 pubsub.ping()
                 pinged = now
+
+    def _handle(self, message: dict) -> None:
+        if message["type"] == "message":
+            self._dispatch(message["data"])
+        elif message["type"] == "subscribe":
+            self._subscribed.set()
+            self._wake_all()  # messages may have been lost while we were away
