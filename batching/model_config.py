@@ -10,7 +10,7 @@ import tomllib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 # KServe V2 / Triton datatype names <-> numpy dtype names.
 V2_TO_NUMPY = {
@@ -141,6 +141,25 @@ class VersionPolicy(_Strict):
         return ordered[-(self.latest or 1) :]
 
 
+class GenerationConfig(_Strict):
+    """``[generation]``: an encoder-decoder that writes text (``task = "generate"``).
+
+    Each version directory holds the two graphs: the encoder (the preprocessed request
+    -> ``encoder_states``, ``encoder_mask``) and one decoder step over a key/value cache.
+    ``tokenizer`` maps output ids back to words; ``max_new_tokens`` is both the default
+    and the cap of a request, ``max_active`` the sequences one worker runs at once.
+    """
+
+    encoder: str = "encoder.onnx"
+    decoder: str = "decoder.onnx"
+    tokenizer: str = "tokenizer.json"
+    bos_id: int = Field(ge=0)
+    eos_id: int = Field(ge=0)
+    pad_id: int = Field(0, ge=0)
+    max_new_tokens: int = Field(32, ge=1, le=4096)
+    max_active: int = Field(32, ge=1, le=1024)
+
+
 class ModelConfig(BaseModel):
     """``config.toml``; unknown top-level tables (e.g. ``[training]``) are kept as information."""
 
@@ -156,6 +175,21 @@ class ModelConfig(BaseModel):
     preprocessing: Preprocessing = Preprocessing()
     postprocessing: Postprocessing = Postprocessing()
     version_policy: VersionPolicy = VersionPolicy()
+    task: Literal["classify", "generate"] = "classify"
+    generation: GenerationConfig | None = None
+
+    @model_validator(mode="after")
+    def _generation_section(self) -> ModelConfig:
+        if (self.task == "generate") != (self.generation is not None):
+            raise ValueError('task = "generate" and a [generation] section go together')
+        return self
+
+    @property
+    def graph_files(self) -> tuple[str, ...]:
+        """The ONNX files each version directory must hold."""
+        if self.generation is not None:
+            return (self.generation.encoder, self.generation.decoder)
+        return ("model.onnx",)
 
     @classmethod
     def load(cls, path: Path) -> ModelConfig:

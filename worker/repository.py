@@ -1,7 +1,8 @@
 """The model repository on disk, in Triton's layout.
 
 ``<repository>/<model>/config.toml`` and ``<repository>/<model>/<version>/model.onnx``
-(numeric versions; the newest is served), plus files the config names (tokenizer).
+(numeric versions; the newest is served; a generation model has its encoder and
+decoder graphs there instead), plus files the config names (tokenizer).
 """
 
 from __future__ import annotations
@@ -52,10 +53,10 @@ def load_model_files(directory: Path) -> ModelFiles:
     versions = sorted(
         int(p.name)
         for p in directory.iterdir()
-        if p.name.isdigit() and (p / "model.onnx").is_file()
+        if p.name.isdigit() and all((p / f).is_file() for f in config.graph_files)
     )
     if not versions:
-        raise RepositoryError(f"{directory}: no <version>/model.onnx")
+        raise RepositoryError(f"{directory}: no <version>/{' and '.join(config.graph_files)}")
     return ModelFiles(config.name, directory, config, tuple(versions))
 
 
