@@ -71,6 +71,9 @@ class Entry:
     """The bulk batch's hash key for an entry of a batch (the record's ``bt``), else None."""
     reply: str | None = None
     """A synchronous entry's reply channel: it has no job record, its result is only published."""
+    generate: bytes | None = None
+    """A generation request's parameters (JSON: max_new_tokens, sampling, stop); None for
+    inference."""
     _inputs: dict[str, np.ndarray] | None = field(default=None, repr=False)
 
     @property
@@ -241,6 +244,8 @@ class NewEntry:
     sync: bool = False
     """Its submitter waits for it (``/v2`` infer): no job record, the entry carries the reply
     channel and the result is only published."""
+    generate: bytes = b""
+    """A generation request's parameters (JSON), carried in the entry's ``g`` field."""
 
     def script_args(self) -> tuple[list[str], list[Any]]:
         """KEYS and ARGV of ``submit.lua``."""
@@ -259,6 +264,7 @@ class NewEntry:
             *(self.idempotency or ("", "", 0)),
             self.tenant,
             1 if self.sync else 0,
+            self.generate,
         ]
         return [keys.outcomes(self.model), keys.stream(self.model, self.priority), *streams], args
 
@@ -599,6 +605,7 @@ def _entry(model: str, priority: int, eid: bytes | str, fields: Any) -> Entry:
         payload=fields[b"x"],
         batch=fields[b"b"].decode() if b"b" in fields else None,
         reply=fields[b"r"].decode() if b"r" in fields else None,
+        generate=fields.get(b"g"),
     )
 
 

@@ -21,7 +21,7 @@ from redis.retry import Retry
 
 from batching.settings import Settings
 
-Purpose = Literal["api", "listener", "worker", "bulk", "rq", "cli"]
+Purpose = Literal["api", "stream", "listener", "worker", "bulk", "rq", "cli"]
 
 
 def _retry() -> Retry:
@@ -35,6 +35,8 @@ def client_from_url(
 
     ``api``: a blocking pool of ``redis_max_connections`` (a request past the cap waits
     for a connection, at most the timeout, instead of failing at once under load).
+    ``stream``: the same, of ``max_streams``, for token streams' blocking reads, so
+    streaming clients never take the connections plain requests need.
     ``listener``: pub/sub; its reader polls and pings (see server/notify.py), so the
     read timeout only has to cover one reply. ``rq``: RQ's worker raises the read
     timeout above its own BLPOP timeout; the rest get exactly the timeout.
@@ -48,9 +50,10 @@ def client_from_url(
     }
     if not url.startswith("unix:"):
         options["socket_keepalive"] = True  # TCP only: a dead peer is found even when idle
-    if purpose == "api":
+    if purpose in ("api", "stream"):
+        cap = settings.redis_max_connections if purpose == "api" else settings.max_streams
         pool = redis.BlockingConnectionPool.from_url(
-            url, max_connections=settings.redis_max_connections, timeout=timeout, **options
+            url, max_connections=cap, timeout=timeout, **options
         )
         return redis.Redis(connection_pool=pool)
     return redis.Redis.from_url(url, **options)

@@ -41,6 +41,16 @@ def watchers(model: str, entry_id: str) -> str:
     return f"{_tag(model)}:watch:{entry_id}"
 
 
+def tokens(model: str, entry_id: str) -> str:
+    """The events of one generation request (tokens, restart, done), capped and expiring."""
+    return f"{_tag(model)}:tokens:{entry_id}"
+
+
+def stopping(model: str) -> str:
+    """Set of running generation requests asked to stop (a cancel): workers poll it per step."""
+    return f"{_tag(model)}:stopping"
+
+
 def meta(model: str) -> str:
     """Hash a worker publishes at load: signature, config, tokenizer."""
     return f"{_tag(model)}:meta"

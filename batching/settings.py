@@ -75,6 +75,11 @@ class Settings(BaseSettings):
     )
     max_audio_seconds: float = Field(600.0, gt=0, description="longest raw audio clip")
 
+    # Generation
+    max_streams: int = Field(
+        256, ge=1, description="token streams (Server-Sent Events) one API process serves at once"
+    )
+
     # Redis faults (a server that stops answering without closing connections)
     redis_timeout_s: float = Field(
         2.0,

@@ -5,7 +5,19 @@ from __future__ import annotations
 from flask import Flask
 
 from batching.settings import Settings, get_settings
-from server import auth, batches, console, health, metrics, openapi, repository, stats, v1, v2
+from server import (
+    auth,
+    batches,
+    console,
+    generate,
+    health,
+    metrics,
+    openapi,
+    repository,
+    stats,
+    v1,
+    v2,
+)
 from server.deadline import BodyDeadline
 from server.errors import register_error_handlers
 from server.jsonio import OrjsonProvider
@@ -24,6 +36,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(v1.bp)
     app.register_blueprint(batches.bp)
     app.register_blueprint(v2.bp)
+    app.register_blueprint(generate.bp)
     app.register_blueprint(repository.bp)
     app.register_blueprint(metrics.bp)
     app.register_blueprint(openapi.bp)

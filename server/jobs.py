@@ -58,6 +58,9 @@ def render(job: JobId, view: JobView, model: PublishedModel | None) -> dict[str,
         body["timings"] = result["timings"]
     if "version" in result:
         body["version"] = str(result["version"])
+    generation = result.get("generation")
+    if generation:  # text, tokens, finish_reason
+        body.update(generation)
     outputs = result.get("outputs")
     if outputs:
         rows = {name: codec.tensor_from_wire(t)[job.row] for name, t in outputs.items()}

@@ -33,11 +33,13 @@ class JobQueue:
         idempotency: tuple[str, str, int] | None = None,
         tenant: str = "",
         sync: bool = False,
+        generate: bytes = b"",
     ) -> str:
         """Enqueue one entry; returns its reference. Raises 422 for a bad priority, 429 if full.
 
         With ``idempotency`` (see NewEntry) a key used before raises ``Replayed`` instead.
         ``sync``: this process waits for it (``wait_submitted``), so it gets no job record.
+        ``generate``: a generation request's parameters (JSON), for the worker.
         """
         batching = model.meta.config.batching
         level = priority or batching.priority_levels
@@ -59,6 +61,7 @@ class JobQueue:
             idempotency=idempotency,
             tenant=tenant,
             sync=sync,
+            generate=generate,
         )
         try:
             return self.submitter.submit(entry)

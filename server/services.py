@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import redis
 from flask import current_app
 
+from batching import tokens
 from batching.apikeys import ApiKeys
 from batching.broker import Broker
 from batching.bulk import BatchStore
@@ -21,6 +22,8 @@ from server.queue import JobQueue
 class Services:
     settings: Settings
     redis: redis.Redis
+    streams: redis.Redis
+    """Blocking reads of token streams (server/generate.py), on a pool of their own."""
     broker: Broker
     registry: ModelRegistry
     listener: ReplyListener
@@ -43,6 +46,9 @@ class Services:
         return cls(
             settings=settings,
             redis=client,
+            streams=client_from_url(
+                settings.redis_url, settings, purpose="stream", block_s=tokens.READ_BLOCK_MS / 1000
+            ),
             broker=broker,
             registry=ModelRegistry(client, settings.heartbeat_s),
             listener=listener,

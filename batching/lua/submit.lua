@@ -23,6 +23,7 @@
 -- ARGV[13]       how long it remembers, seconds
 -- ARGV[14]       the API key (tenant) that owns the job, or '' with access control off
 -- ARGV[15]       '1' for a synchronous submission (no record), else '0'
+-- ARGV[16]       a generation request's parameters (JSON, the entry's 'g'), or ''
 -- returns        the entry id, false when the queue is full, the error
 --                "version_unavailable" for a version being unloaded, or, when the
 --                Idempotency-Key was used before, {what it remembers}: nothing is added
@@ -49,11 +50,18 @@ if max_queue > 0 then
     return false
   end
 end
+local fields = {'n', ARGV[2], 'd', ARGV[7], 'v', ARGV[8], 'x', ARGV[3]}
+if ARGV[16] ~= '' then
+  table.insert(fields, 'g')
+  table.insert(fields, ARGV[16])
+end
 local id
 if ARGV[15] == '1' then
-  id = redis.call('XADD', KEYS[2], '*', 'n', ARGV[2], 'd', ARGV[7], 'v', ARGV[8], 'r', ARGV[4], 'x', ARGV[3])
+  table.insert(fields, 'r')
+  table.insert(fields, ARGV[4])
+  id = redis.call('XADD', KEYS[2], '*', unpack(fields))
 else
-  id = redis.call('XADD', KEYS[2], '*', 'n', ARGV[2], 'd', ARGV[7], 'v', ARGV[8], 'x', ARGV[3])
+  id = redis.call('XADD', KEYS[2], '*', unpack(fields))
   local record = ARGV[1] .. id .. '-' .. ARGV[5]
   redis.call('HSET', record, 'st', 'queued', 'n', ARGV[2], 'pr', ARGV[5])
   if ARGV[14] ~= '' then

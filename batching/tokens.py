@@ -1,0 +1,76 @@
+"""The event stream of one generation request: what a streaming client reads.
+
+A worker appends, per decoder step and in one round trip for every active request,
+``token`` events (``{"index", "id", "text"}``), then one ``done`` event carrying the whole
+result (or ``error``). A worker that takes over a request whose earlier run was lost
+(its worker died) first appends ``restart``: the client drops what it had, and the
+tokens start again from the first. Each stream is capped (``MAXLEN``, a bounded
+buffer: a reader that falls that far behind gets the ``done`` event's whole text
+anyway) and expires with the results.
+
+Readers block on the stream (``XREAD BLOCK``) from the last id they saw, so a client
+that reconnects with ``Last-Event-ID`` resumes exactly where it stopped; nothing polls.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import redis
+
+from batching import keys
+
+EVENTS = frozenset({"token", "restart", "done", "error"})
+FINAL = frozenset({"done", "error"})
+READ_BLOCK_MS = 1000
+"""One blocking read of a token stream; a reader that heard nothing for this long can
+send a keep-alive (proxies close silent connections)."""
+EVENT_ID = re.compile(r"^(0|\d{1,20}-\d{1,20})$")
+"""A stream id a client may resume after (``Last-Event-ID``); "0" is the start."""
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    id: str
+    """The stream entry id: the SSE ``id:``, what ``Last-Event-ID`` resumes after."""
+    event: str
+    data: dict[str, Any]
+
+
+def append(
+    pipe: redis.client.Pipeline,
+    model: str,
+    ref: str,
+    events: Sequence[tuple[str, dict[str, Any]]],
+    *,
+    cap: int,
+    ttl_s: int,
+) -> None:
+    """Queue ``events`` for one request on ``pipe`` (the caller executes it once per step)."""
+    key = keys.tokens(model, ref)
+    for event, data in events:
+        pipe.xadd(key, {"e": event, "d": orjson.dumps(data)}, maxlen=cap, approximate=True)
+    pipe.expire(key, ttl_s)
+
+
+def read(
+    client: redis.Redis, model: str, ref: str, after: str, *, block_ms: int, count: int = 256
+) -> list[TokenEvent]:
+    """Events after ``after`` ("0": from the start), waiting up to ``block_ms`` for one."""
+    reply = client.xread({keys.tokens(model, ref): after}, count=count, block=block_ms)
+    found = []
+    for _stream, entries in reply or ():
+        for eid, fields in entries:
+            found.append(
+                TokenEvent(eid.decode(), fields[b"e"].decode(), orjson.loads(fields[b"d"]))
+            )
+    return found
+
+
+def started(client: redis.Redis, model: str, ref: str) -> bool:
+    """Whether an earlier run of this request already wrote events (a restart is due)."""
+    return bool(client.exists(keys.tokens(model, ref)))

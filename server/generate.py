@@ -1,0 +1,222 @@
+"""Generation: submit a request that writes text, and follow its tokens as they come.
+
+``POST /v1/models/<m>/generate`` queues one request on the model's streams like an
+``/infer`` job (a durable record to poll), with its generation parameters in the
+entry. With ``"stream": true`` the answer is Server-Sent Events read from the
+request's token stream (batching/tokens.py): ``token`` events as the worker writes
+them, then ``done`` with the whole result, ``error``, or ``restart`` when the worker
+was lost and another runs the request again. ``GET /v1/jobs/<id>/events`` follows
+(or resumes, after ``Last-Event-ID``) any generation job. Triton's generate extension
+(``/v2/models/<m>/generate`` and ``generate_stream``) runs the same path.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+from flask import Blueprint, Response, jsonify, request, stream_with_context
+from pydantic import ValidationError
+
+from batching import tokens
+from batching.items import Item, describe_errors
+from batching.registry import PublishedModel
+from batching.tokens import FINAL, TokenEvent
+from server.auth import owns, tenant
+from server.errors import ApiError, invalid, not_found
+from server.jobs import JobId, job_ids
+from server.jsonio import json_object, read_body
+from server.repository import require_serving
+from server.schemas import GenerateRequest, GenerationParameters
+from server.services import services
+
+bp = Blueprint("generate", __name__)
+
+STREAM_GRACE_S = 5.0
+"""How long past the request's deadline a reader waits for its final event."""
+
+
+class StreamSlots:
+    """At most ``settings.max_streams`` streams per API process: each holds a connection."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.open = 0
+
+    def take(self, limit: int) -> None:
+        with self._lock:
+            if self.open >= limit:
+                raise ApiError(
+                    503,
+                    "too_many_streams",
+                    f"this server already streams {limit} responses; retry, or poll the job",
+                    retry_after=1,
+                )
+            self.open += 1
+
+    def give_back(self) -> None:
+        with self._lock:
+            self.open -= 1
+
+
+SLOTS = StreamSlots()
+
+
+def generative(name: str) -> PublishedModel:
+    """The served model ``name``, which must write text (404 / 400 otherwise)."""
+    model = services().registry.get(name)
+    if model is None:
+        raise not_found("model_not_found", f"no model named {name!r} is served")
+    require_serving(model)
+    if model.meta.config.generation is None:
+        raise ApiError(
+            400,
+            "not_generative",
+            f"model {name!r} does not generate text: POST /v1/models/{name}/infer",
+        )
+    return model
+
+
+def submit(
+    model: PublishedModel,
+    item: Item,
+    params: GenerationParameters,
+    *,
+    priority: int | None = None,
+    timeout_ms: int | None = None,
+) -> tuple[str, int]:
+    """Queue one generation request; (entry reference, deadline in unix ms)."""
+    from batching.inputs import entry_tensors
+
+    svc = services()
+    config = model.meta.config.generation
+    assert config is not None
+    cap = config.max_new_tokens
+    if params.max_new_tokens is not None and params.max_new_tokens > cap:
+        raise invalid(f"max_new_tokens must be at most {cap} for model {model.name}")
+    chosen = {
+        "max_new_tokens": params.max_new_tokens or cap,
+        "temperature": params.temperature,
+        "top_k": params.top_k,
+        "top_p": params.top_p,
+        # A seed chosen now, not by the worker: a request run again writes the same text.
+        "seed": params.seed if params.seed is not None else secrets.randbits(63),
+        "stop": params.stop,
+    }
+    batching = model.meta.config.batching
+    timeout_ms = min(timeout_ms or batching.default_timeout_ms, batching.default_timeout_ms)
+    started_ms = int(time.time() * 1000)
+    ref = svc.queue.submit(
+        model,
+        entry_tensors([item], model),
+        1,
+        priority=priority,
+        timeout_ms=timeout_ms,
+        tenant=tenant(),
+        generate=orjson.dumps(chosen),
+    )
+    return ref, started_ms + timeout_ms
+
+
+@bp.post("/v1/models/<name>/generate")
+def generate(name: str):
+    model = generative(name)
+    try:
+        body = GenerateRequest.model_validate(json_object(read_body()))
+    except ValidationError as exc:
+        raise invalid(describe_errors(exc)) from None
+    item = Item(inputs=body.inputs, text=body.text, image=body.image, audio=body.audio)
+    if body.stream:
+        SLOTS.take(services().settings.max_streams)  # before queueing: a 503 queues nothing
+        try:
+            ref, deadline_ms = submit(
+                model, item, body, priority=body.priority, timeout_ms=body.timeout_ms
+            )
+        except BaseException:
+            SLOTS.give_back()
+            raise
+        events = _sse(name, ref, "0", deadline_ms, job_ids(name, ref, 1)[0])
+        return _event_stream(events)
+    ref, _ = submit(model, item, body, priority=body.priority, timeout_ms=body.timeout_ms)
+    job = job_ids(name, ref, 1)[0]
+    return (
+        jsonify(
+            {
+                "job_id": job,
+                "status_url": f"/v1/jobs/{job}",
+                "events_url": f"/v1/jobs/{job}/events",
+            }
+        ),
+        202,
+    )
+
+
+@bp.get("/v1/jobs/<job_id>/events")
+def job_events(job_id: str):
+    """Follow a generation job's events; ``Last-Event-ID`` resumes after the last one seen."""
+    svc = services()
+    job = JobId.parse(job_id)
+    view = svc.queue.read(job.model, job.entry) if job is not None else None
+    if job is None or view is None or job.row != 0 or not owns(view.tenant):
+        raise not_found("job_not_found", f"no job {job_id!r} (unknown, or its result expired)")
+    model = svc.registry.get(job.model)
+    if model is None or model.meta.config.generation is None:
+        raise ApiError(400, "not_generative", f"job {job_id} is not a generation request")
+    after = request.headers.get("Last-Event-ID", "0")
+    if not tokens.EVENT_ID.match(after):
+        raise invalid(f"Last-Event-ID must be a stream id like 1700000000000-0, got {after!r}")
+    deadline_ms = int(time.time() * 1000) + model.meta.config.batching.default_timeout_ms
+    SLOTS.take(svc.settings.max_streams)
+    return _event_stream(_sse(job.model, job.entry, after, deadline_ms, job_id))
+
+
+def _event_stream(events: Iterator[bytes]) -> Response:
+    response = Response(stream_with_context(events), mimetype="text/event-stream")
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["X-Accel-Buffering"] = "no"  # nginx: pass each event at once
+    return response
+
+
+def follow(model: str, ref: str, after: str, deadline_ms: int) -> Iterator[TokenEvent | None]:
+    """A request's events from ``after`` until its final one; None after a silent wait.
+
+    Ends with a synthetic ``error`` event (code ``timeout``) when nothing final came by
+    the request's deadline (plus a grace for the worker to write it). Releases the
+    stream slot taken for it, however the iteration ends (a client gone mid-stream).
+    """
+    svc = services()
+    try:
+        end = deadline_ms / 1000 + STREAM_GRACE_S
+        while time.time() < end:
+            found = tokens.read(svc.streams, model, ref, after, block_ms=tokens.READ_BLOCK_MS)
+            if not found:
+                yield None
+                continue
+            for event in found:
+                yield event
+                if event.event in FINAL:
+                    return
+            after = found[-1].id
+        message = "no result by the request's deadline"
+        yield TokenEvent(after, "error", {"code": "timeout", "message": message})
+    finally:
+        SLOTS.give_back()
+
+
+def _sse(model: str, ref: str, after: str, deadline_ms: int, job_id: str) -> Iterator[bytes]:
+    for event in follow(model, ref, after, deadline_ms):
+        if event is None:
+            yield b": keep-alive\n\n"
+            continue
+        data: dict[str, Any] = dict(event.data)
+        if event.event in FINAL:
+            data["job_id"] = job_id
+        yield b"id: %s\nevent: %s\ndata: %s\n\n" % (
+            event.id.encode(),
+            event.event.encode(),
+            orjson.dumps(data),
+        )
