@@ -9,7 +9,7 @@ fixed, ``L`` is how many there are, and ``logits`` is ``[B, V]``.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -113,14 +113,3 @@ class DecoderShape:
 
     def past_names(self) -> list[str]:
         return [f"past_{kv}.{i}" for i in range(self.layers) for kv in ("key", "value")]
-
-
-def check_words(spec: GenerationSpec, shape: DecoderShape) -> Sequence[str]:
-    """Warnings about a spec that does not fit the decoder (none when it fits)."""
-    notes = []
-    if shape.vocab is not None and spec.words and len(spec.words) < shape.vocab:
-        notes.append(
-            f"the tokenizer has {len(spec.words)} ids, the decoder's logits {shape.vocab}: "
-            "ids past the tokenizer's have no text"
-        )
-    return notes
