@@ -87,8 +87,11 @@ def tokens(events: list[TokenEvent]) -> list[int]:
     return [ev.token_id for ev in events]
 
 
-def words(spec: GenerationSpec, ids: list[int]) -> str:
-    return " ".join(w for i in ids if (w := spec.word(i)) is not None)
+def words(spec: GenerationSpec, ids: list[int], stop: Sequence[str] = ()) -> str:
+    """The final text of ``ids``: their words, cut before the first stop string."""
+    text = " ".join(w for i in ids if (w := spec.word(i)) is not None)
+    found = [i for s in stop if (i := text.find(s)) >= 0]
+    return text[: min(found)] if found else text
 
 
 POOL = [random_inputs(np.random.default_rng(1000 + i)) for i in range(10)]
@@ -100,6 +103,7 @@ OPTIONS = [
     {"temperature": 0.7, "top_k": 5, "seed": 11},
     {"temperature": 1.3, "top_p": 0.8, "seed": 3},
     {"temperature": 1.0, "top_k": 8, "top_p": 0.9, "seed": 5, "max_new_tokens": 12},
+    {"temperature": 1.0, "seed": 9, "stop": ["square", "a a", "n t"]},
 ]
 _alone: dict = {}
 
@@ -137,7 +141,8 @@ def test_a_request_gets_the_tokens_it_gets_alone_whenever_it_arrives(
         assert events[n] == [ev._replace(key=n) for ev in expected]
         assert [ev.finish_reason for ev in events[n][:-1]] == [None] * (len(events[n]) - 1)
         assert events[n][-1].finish_reason in ("stop", "length")
-        assert "".join(ev.piece for ev in events[n]) == words(model[2], tokens(events[n]))
+        final = words(model[2], tokens(events[n]), OPTIONS[o].get("stop", ()))
+        assert "".join(ev.piece for ev in events[n]) == final
 
 
 @pytest.mark.parametrize("admission", [Admission.REQUEST, Admission.CONTINUOUS])
