@@ -34,6 +34,7 @@ BENCHMARKS = (
     "transfer",
     "scaleout",
     "soak",
+    "generation",
 )
 
 

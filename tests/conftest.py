@@ -53,6 +53,7 @@ TORCH_MODULES = {
     "test_fusion_cli",
     "test_fusion_demo",
     "test_fusion_export",
+    "test_generation_engine",
     "test_pretrain",
     "test_versions",
 }
