@@ -88,8 +88,7 @@ def _stacked_named_tensors(
 
 
 def pad_values(model: PublishedModel) -> dict[str, int]:
-    text = model.meta.config.preprocessing.text
-    return {text.ids_input: text.pad_id} if text else {}
+    return model.meta.config.preprocessing.pad_values()
 
 
 def item_tensors(item: Item, model: PublishedModel) -> dict[str, np.ndarray]:

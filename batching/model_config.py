@@ -113,6 +113,10 @@ class Preprocessing(_Strict):
     image: ImagePreprocessing | None = None
     audio: AudioPreprocessing | None = None
 
+    def pad_values(self) -> dict[str, int]:
+        """What ragged inputs are padded with when rows are stacked (the text's pad id)."""
+        return {self.text.ids_input: self.text.pad_id} if self.text else {}
+
     def raw_modalities(self) -> list[str]:
         """The raw fields (``text``, ``image``, ``audio``) this model can preprocess."""
         return [m for m in ("text", "image", "audio") if getattr(self, m) is not None]

@@ -81,6 +81,17 @@ def generative(name: str) -> PublishedModel:
     return model
 
 
+def refuse_generative(model: PublishedModel) -> None:
+    """``infer`` is for models that answer tensors; one that writes text is asked to generate."""
+    if model.meta.config.generation is not None:
+        raise ApiError(
+            400,
+            "generative_model",
+            f"model {model.name!r} writes text: POST /v1/models/{model.name}/generate "
+            f"(or Triton's /v2/models/{model.name}/generate)",
+        )
+
+
 def submit(
     model: PublishedModel,
     item: Item,
@@ -139,8 +150,10 @@ def generate(name: str):
         except BaseException:
             SLOTS.give_back()
             raise
-        events = _sse(name, ref, "0", deadline_ms, job_ids(name, ref, 1)[0])
-        return _event_stream(events)
+        job = job_ids(name, ref, 1)[0]
+        response = _event_stream(_sse(name, ref, "0", deadline_ms, job))
+        response.headers["X-Job-Id"] = job  # to poll, cancel or resume it
+        return response
     ref, _ = submit(model, item, body, priority=body.priority, timeout_ms=body.timeout_ms)
     job = job_ids(name, ref, 1)[0]
     return (

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from flask import Blueprint, jsonify, request
 from pydantic import ValidationError
 
@@ -12,6 +14,7 @@ from batching.items import check_count, describe_errors
 from batching.registry import PublishedModel
 from server.auth import owns, tenant
 from server.errors import ApiError, bad_request, invalid, not_found
+from server.generate import refuse_generative
 from server.idempotency import fingerprint, idempotency_key
 from server.jobs import JobId, job_ids, render
 from server.jsonio import json_object, read_body
@@ -34,6 +37,7 @@ def submit(name: str):
     svc = services()
     model = _model(name)
     require_serving(model)
+    refuse_generative(model)
     body = read_body()
     raw = json_object(body)  # whatever the content type: curl -d sends a form one
     items = raw.get("items")
@@ -88,6 +92,11 @@ def _replayed(model: str, remembered: str, idempotency, many: bool):
     return response, 202
 
 
+def generates(name: str) -> bool:
+    model = services().registry.get(name)
+    return model is not None and model.meta.config.generation is not None
+
+
 def _job_id(text: str) -> JobId:
     job = JobId.parse(text)
     if job is None:
@@ -122,7 +131,9 @@ def get_job(job_id: str):
 
 @bp.delete("/jobs/<job_id>")
 def cancel_job(job_id: str):
-    """Cancel queued work: it never reaches the model. A list is one submission: all its items."""
+    """Cancel queued work: it never reaches the model. A list is one submission: all its items.
+
+    A generation request that is being written is stopped too (202: at the next step)."""
     svc = services()
     job = _job_id(job_id)
     owner = svc.queue.read(job.model, job.entry)
@@ -132,6 +143,13 @@ def cancel_job(job_id: str):
     view = svc.queue.read(job.model, job.entry)
     if state is None or view is None:
         raise _no_job(job_id)
+    if state == "running" and generates(job.model):
+        # A sequence being written stops at its worker's next step (its record then says
+        # cancelled, with the text so far); asking again is harmless.
+        svc.redis.zadd(keys.stopping(job.model), {job.entry: time.time()})
+        body = render(job, view, svc.registry.get(job.model))
+        body["cancel_requested"] = True
+        return jsonify(body), 202
     if state != "cancelled":
         raise ApiError(
             409, "not_cancellable", f"job {job_id} is {state}; only queued jobs can be cancelled"

@@ -44,6 +44,7 @@ from server.errors import (
     not_found,
     with_headers,
 )
+from server.generate import refuse_generative
 from server.jsonio import read_body
 from server.repository import require_serving
 from server.schemas import V2Output, V2Request, V2Tensor
@@ -348,6 +349,7 @@ def infer(name: str, version: str | None = None):
     svc = services()
     model = _model(name, version)
     require_serving(model)
+    refuse_generative(model)
     if not model.ready_workers:  # a synchronous caller would only wait for its timeout
         raise ApiError(503, "not_ready", f"model '{name}' has no ready worker")
     req = _parse(read_body())

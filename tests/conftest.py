@@ -54,6 +54,7 @@ TORCH_MODULES = {
     "test_fusion_demo",
     "test_fusion_export",
     "test_generation_engine",
+    "test_generation_serving",
     "test_pretrain",
     "test_versions",
 }

@@ -244,12 +244,12 @@ class ModelLoop:
                 continue
             if expired(entry, pulled_ms):
                 message = "the job's deadline passed before it was batched; it never ran"
-                finished.append(Finished(entry, "expired", _error("expired", message)))
+                finished.append(Finished(entry, "expired", error_result("expired", message)))
                 continue
             try:
                 entry.inputs  # noqa: B018 - decode now so one bad entry fails alone
             except codec.CodecError as exc:
-                finished.append(Finished(entry, "failed", _error("bad_entry", str(exc))))
+                finished.append(Finished(entry, "failed", error_result("bad_entry", str(exc))))
                 continue
             live.append(entry)
         by_version: dict[int, list[Entry]] = {}
@@ -258,7 +258,9 @@ class ModelLoop:
             runtime = self.versions.runtime_for(entry.version)
             if runtime is None:
                 message = f"version {entry.version or 'newest'} of {self.model} is not loaded"
-                finished.append(Finished(entry, "failed", _error("version_unavailable", message)))
+                finished.append(
+                    Finished(entry, "failed", error_result("version_unavailable", message))
+                )
                 continue
             by_version.setdefault(runtime.version, []).append(entry)
             runtimes[runtime.version] = runtime
@@ -324,7 +326,7 @@ class ModelLoop:
             outcome = merged[entry.ref]
             if outcome.outputs is None:
                 message = next(iter(outcome.row_errors.values()))
-                finished.append(Finished(entry, "failed", _error("model_error", message)))
+                finished.append(Finished(entry, "failed", error_result("model_error", message)))
                 continue
             result = self._result(
                 entry, outcome.outputs, pulled_ms, compute_ms, sum(e.rows for e in entries), runtime
@@ -422,5 +424,5 @@ def batch_statistics(
     }
 
 
-def _error(code: str, message: str) -> dict[str, dict[str, str]]:
+def error_result(code: str, message: str) -> dict[str, dict[str, str]]:
     return {"error": {"code": code, "message": message}}

@@ -14,6 +14,7 @@ from batching.broker import Broker
 from batching.connection import client_from_url
 from batching.settings import Settings
 from worker.control import Control
+from worker.generation.serve import GenerationLoop
 from worker.loop import IDLE_BLOCK_MS, ModelLoop
 from worker.repository import scan
 from worker.versions import ModelVersions
@@ -33,7 +34,12 @@ def run_worker(settings: Settings, models: list[str] | None = None) -> int:
     worker_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
     served = [ModelVersions(files) for files in scan(Path(settings.model_repository), models)]
     stop = threading.Event()
-    loops = [ModelLoop(broker, versions, worker_id, settings, stop) for versions in served]
+    loops = [
+        (GenerationLoop if versions.files.config.generation else ModelLoop)(
+            broker, versions, worker_id, settings, stop
+        )
+        for versions in served
+    ]
     for versions in served:
         broker.ensure_groups(versions.name, versions.files.config.batching.all_levels)
     counters = {lp.model: (lambda lp=lp: lp.entries_done) for lp in loops}

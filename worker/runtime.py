@@ -86,7 +86,7 @@ def provider_options(
     return options
 
 
-def _spec(node: ort.NodeArg) -> TensorSpec:
+def spec_of(node: ort.NodeArg) -> TensorSpec:
     if node.type not in _ORT_TO_NUMPY:
         raise ValueError(f"{node.name}: unsupported ONNX type {node.type}")
     shape = [d if isinstance(d, int) and d >= 0 else -1 for d in node.shape]
@@ -99,31 +99,36 @@ def _spec(node: ort.NodeArg) -> TensorSpec:
     )
 
 
+def open_session(path: Path, instances: InstancesConfig, threads: int | None = None):
+    """An ORT session on the best provider, set up for a host it shares with others."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or int(os.environ.get("FUSIONSERVE_ORT_THREADS", 0))
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if os.environ.get("FUSIONSERVE_ORT_SPIN", "0") != "1":
+        # A serving host shares its cores with the API and Redis: ORT's threads must
+        # sleep between batches instead of spinning on cores the others need.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    providers = choose_providers()
+    cache = Path(os.environ.get("FUSIONSERVE_DATA_DIR", ".fusionserve")) / "tensorrt"
+    return ort.InferenceSession(
+        str(path),
+        options,
+        providers=providers,
+        provider_options=provider_options(providers, instances, cache),
+    )
+
+
 class ModelRuntime:
     """An ORT session for one model version; ``run`` takes and returns named numpy arrays."""
 
     def __init__(self, files: ModelFiles, version: int | None = None, threads: int | None = None):
         self.files = files
         self.version = version or files.latest
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or int(os.environ.get("FUSIONSERVE_ORT_THREADS", 0))
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if os.environ.get("FUSIONSERVE_ORT_SPIN", "0") != "1":
-            # A serving host shares its cores with the API and Redis: ORT's threads must
-            # sleep between batches instead of spinning on cores the others need.
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         instances = files.config.instances
-        providers = choose_providers()
-        cache = Path(os.environ.get("FUSIONSERVE_DATA_DIR", ".fusionserve")) / "tensorrt"
-        self.session = ort.InferenceSession(
-            str(files.onnx_path(self.version)),
-            options,
-            providers=providers,
-            provider_options=provider_options(providers, instances, cache),
-        )
+        self.session = open_session(files.onnx_path(self.version), instances, threads)
         self.providers = self.session.get_providers()
-        self.inputs = [_spec(i) for i in self.session.get_inputs()]
-        self.outputs = [_spec(o) for o in self.session.get_outputs()]
+        self.inputs = [spec_of(i) for i in self.session.get_inputs()]
+        self.outputs = [spec_of(o) for o in self.session.get_outputs()]
         self.output_names = [o.name for o in self.outputs]
         self.device = self._binding_device(instances.device)
         if self.providers[0] in GPU_PROVIDERS:
@@ -158,8 +163,7 @@ class ModelRuntime:
 
     @property
     def pad_values(self) -> dict[str, int]:
-        text = self.files.config.preprocessing.text
-        return {text.ids_input: text.pad_id} if text else {}
+        return self.files.config.preprocessing.pad_values()
 
     def run(self, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self.device is None:

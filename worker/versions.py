@@ -13,20 +13,30 @@ import threading
 from collections.abc import Callable
 
 from batching.model_config import TensorSpec
+from worker.generation.runtime import GenerationRuntime
 from worker.repository import ModelFiles, load_model_files
 from worker.runtime import ModelRuntime
 
 log = logging.getLogger(__name__)
 
+Runtime = ModelRuntime | GenerationRuntime
+
+
+def open_runtime(files: ModelFiles, version: int) -> Runtime:
+    """What a version of ``files`` runs on: a classifier's session, or generation's two."""
+    if files.config.generation is not None:
+        return GenerationRuntime(files, version)
+    return ModelRuntime(files, version)
+
 
 class ModelVersions:
     def __init__(
-        self, files: ModelFiles, load: Callable[[ModelFiles, int], ModelRuntime] = ModelRuntime
+        self, files: ModelFiles, load: Callable[[ModelFiles, int], Runtime] = open_runtime
     ):
         self.files = files
         self._load = load
-        self._serving: dict[int, ModelRuntime] = {}
-        self._draining: dict[int, ModelRuntime] = {}
+        self._serving: dict[int, Runtime] = {}
+        self._draining: dict[int, Runtime] = {}
         self._lock = threading.Lock()
         self.signature: tuple[list[TensorSpec], list[TensorSpec]] | None = None
         """Inputs and outputs of the last version loaded: still published once none is."""
@@ -45,11 +55,11 @@ class ModelVersions:
         with self._lock:
             return sorted(self._draining)
 
-    def newest(self) -> ModelRuntime | None:
+    def newest(self) -> Runtime | None:
         with self._lock:
             return self._serving[max(self._serving)] if self._serving else None
 
-    def runtime_for(self, version: int) -> ModelRuntime | None:
+    def runtime_for(self, version: int) -> Runtime | None:
         """The runtime an entry runs on: its exact version, else the newest serving one."""
         with self._lock:
             if version:

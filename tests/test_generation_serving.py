@@ -1,0 +1,251 @@
+"""Generation through the whole server: HTTP, the Redis queue, real worker processes.
+
+The tiny random-weight encoder-decoder (tests/generation_models.py) is served; what a
+request gets through the server is compared with the engine run in-process on the
+same inputs (greedy and seeded sampling are deterministic). Streams are read with a
+real HTTP client as Server-Sent Events. A worker is held still with SIGSTOP where a
+test needs the request to be mid-generation, instead of racing it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import orjson
+import pytest
+from generation_models import random_inputs, tiny_generator
+
+from worker.generation import Request
+from worker.generation.runtime import GenerationRuntime
+from worker.repository import load_model_files
+
+MODEL = "tiny_gen"
+CAP = 24
+
+
+@pytest.fixture(scope="module")
+def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("repository")
+    tiny_generator(root, MODEL, max_new_tokens=CAP, max_active=4, eos_slope=0.2)
+    return root
+
+
+@pytest.fixture(scope="module")
+def reference(repository: Path) -> GenerationRuntime:
+    return GenerationRuntime(load_model_files(repository / MODEL))
+
+
+@pytest.fixture
+def stack(stack_factory, repository: Path):
+    stack = stack_factory(repository, FUSIONSERVE_VISIBILITY_TIMEOUT_S="3")
+    stack.start_api()
+    stack.start_worker(MODEL)
+    stack.wait_ready(MODEL, 1)
+    return stack
+
+
+def request_inputs(seed: int) -> dict[str, np.ndarray]:
+    return random_inputs(np.random.default_rng(seed), text_length=4)
+
+
+def named(inputs: dict[str, np.ndarray]) -> dict:
+    return {name: array.tolist() for name, array in inputs.items()}
+
+
+def alone(runtime: GenerationRuntime, inputs: dict, **options) -> tuple[list[int], str, str]:
+    """(tokens, text, finish reason) of one request in an engine of its own."""
+    engine = runtime.engine
+    engine.admit([Request(key="alone", inputs=inputs, **options)])
+    ids, pieces = [], []
+    while engine.active:
+        for event in engine.step():
+            ids.append(event.token_id)
+            pieces.append(event.piece)
+            reason = event.finish_reason
+    return ids, "".join(pieces), reason
+
+
+def sse(response: httpx.Response) -> Iterator[tuple[str, str, dict]]:
+    """(id, event, data) of each Server-Sent Event; comments are skipped."""
+    fields: dict[str, str] = {}
+    for line in response.iter_lines():
+        if not line:
+            if "event" in fields:
+                yield fields.get("id", ""), fields["event"], orjson.loads(fields["data"])
+            fields = {}
+        elif not line.startswith(":"):
+            name, _, value = line.partition(": ")
+            fields[name] = value
+
+
+def test_a_generation_job_writes_what_the_engine_writes_alone(stack, reference) -> None:
+    with httpx.Client(base_url=stack.url, timeout=30) as http:
+        for seed, options in ((1, {}), (2, {"temperature": 0.9, "top_k": 8, "seed": 77})):
+            inputs = request_inputs(seed)
+            submitted = http.post(
+                f"/v1/models/{MODEL}/generate", json={"inputs": named(inputs), **options}
+            )
+            assert submitted.status_code == 202, submitted.text
+            job = submitted.json()["job_id"]
+            body = http.get(f"/v1/jobs/{job}", params={"wait": 20}).json()
+            assert body["status"] == "done", body
+            ids, text, reason = alone(reference, inputs, **options)
+            assert body["tokens"] == ids
+            assert body["text"] == text
+            assert body["finish_reason"] == reason
+            assert body["timings"]["time_to_first_token_ms"] >= 0
+
+
+def test_tokens_stream_before_the_sequence_ends_and_add_up_to_its_text(stack, reference) -> None:
+    worker = stack.workers[0]
+    inputs = request_inputs(3)
+    ids, text, _ = alone(reference, inputs, max_new_tokens=CAP)
+    assert len(ids) > 2  # long enough to be caught mid-way
+    events = []
+    with (
+        httpx.Client(base_url=stack.url, timeout=30) as http,
+        http.stream(
+            "POST", f"/v1/models/{MODEL}/generate", json={"inputs": named(inputs), "stream": True}
+        ) as response,
+    ):
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        job = response.headers["X-Job-Id"]
+        for event in sse(response):
+            if not events:  # the first token is here: hold the worker and look at the job
+                assert event[1] == "token"
+                os.kill(worker.pid, signal.SIGSTOP)
+                try:
+                    assert http.get(f"/v1/jobs/{job}").json()["status"] == "running"
+                finally:
+                    os.kill(worker.pid, signal.SIGCONT)
+            events.append(event)
+    kinds = [e[1] for e in events]
+    assert kinds == ["token"] * len(ids) + ["done"], kinds
+    done = events[-1][2]
+    assert "".join(e[2]["text"] for e in events[:-1]) == done["text"] == text
+    assert [e[2]["id"] for e in events[:-1]] == ids
+    assert done["status"] == "done" and done["job_id"] == job
+
+
+def test_a_cancel_mid_stream_stops_the_sequence_and_frees_its_slot(stack) -> None:
+    worker = stack.workers[0]
+    with httpx.Client(base_url=stack.url, timeout=30) as http:
+        submitted = http.post(
+            f"/v1/models/{MODEL}/generate",
+            json={"inputs": named(request_inputs(4)), "max_new_tokens": CAP},
+        ).json()
+        job = submitted["job_id"]
+        with http.stream("GET", f"/v1/jobs/{job}/events") as response:
+            stream = sse(response)
+            first = next(stream)
+            assert first[1] == "token"
+            os.kill(worker.pid, signal.SIGSTOP)  # mid-sequence, for sure
+            try:
+                cancel = http.delete(f"/v1/jobs/{job}")
+            finally:
+                os.kill(worker.pid, signal.SIGCONT)
+            rest = list(stream)
+        if cancel.status_code == 200:  # it had finished before the worker was held
+            pytest.skip("the sequence ended before the cancel")
+        assert cancel.status_code == 202, cancel.text
+        assert rest[-1][1] == "done"
+        assert rest[-1][2]["status"] == "cancelled"
+        assert rest[-1][2]["finish_reason"] == "cancelled"
+        body = http.get(f"/v1/jobs/{job}").json()
+        assert body["status"] == "cancelled" and body["finish_reason"] == "cancelled"
+        assert len(body["tokens"]) < CAP
+        # The slot is free: four more requests (max_active = 4) all finish.
+        jobs = [
+            http.post(
+                f"/v1/models/{MODEL}/generate", json={"inputs": named(request_inputs(10 + i))}
+            ).json()["job_id"]
+            for i in range(4)
+        ]
+        for j in jobs:
+            assert http.get(f"/v1/jobs/{j}", params={"wait": 20}).json()["status"] == "done"
+
+
+def test_a_killed_workers_request_finishes_on_another_with_a_restart_event(
+    stack, reference
+) -> None:
+    first = stack.workers[0]
+    inputs = request_inputs(5)
+    _, text, _ = alone(reference, inputs, max_new_tokens=CAP)
+    with httpx.Client(base_url=stack.url, timeout=60) as http:
+        job = http.post(
+            f"/v1/models/{MODEL}/generate",
+            json={"inputs": named(inputs), "max_new_tokens": CAP},
+        ).json()["job_id"]
+        with http.stream("GET", f"/v1/jobs/{job}/events") as response:
+            events = []
+            for event in sse(response):
+                events.append(event)
+                if len(events) == 1:
+                    assert event[1] == "token"
+                    os.kill(first.pid, signal.SIGKILL)  # mid-sequence: its tokens are half out
+                    first.wait(10)
+                    stack.start_worker(MODEL)
+    kinds = [e[1] for e in events]
+    assert "restart" in kinds, kinds
+    after = events[kinds.index("restart") + 1 :]
+    assert after[-1][1] == "done"
+    assert "".join(e[2]["text"] for e in after[:-1]) == after[-1][2]["text"] == text
+    assert httpx.get(f"{stack.url}/v1/jobs/{job}").json()["text"] == text
+
+
+def test_resuming_after_last_event_id_gives_the_rest(stack) -> None:
+    with httpx.Client(base_url=stack.url, timeout=30) as http:
+        job = http.post(
+            f"/v1/models/{MODEL}/generate", json={"inputs": named(request_inputs(6))}
+        ).json()["job_id"]
+        http.get(f"/v1/jobs/{job}", params={"wait": 20})
+        with http.stream("GET", f"/v1/jobs/{job}/events") as response:
+            everything = list(sse(response))
+        assert len(everything) >= 2
+        with http.stream(
+            "GET", f"/v1/jobs/{job}/events", headers={"Last-Event-ID": everything[0][0]}
+        ) as response:
+            rest = list(sse(response))
+        assert rest == everything[1:]
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "says"),
+    [
+        ({"inputs": {}, "max_new_tokens": CAP + 1}, 422, "max_new_tokens"),
+        ({"inputs": {}, "temperature": -1}, 422, "temperature"),
+        ({"inputs": {}, "top_p": 0}, 422, "top_p"),
+        ({"inputs": {}, "stop": [""]}, 422, "stop"),
+        ({"inputs": {}, "beam_width": 4}, 422, "beam_width"),
+        ({"inputs": {}, "stream": "yes"}, 422, "stream"),
+    ],
+)
+def test_bad_generation_requests_are_refused_before_anything_is_queued(
+    stack, redis_client, body: dict, status: int, says: str
+) -> None:
+    body = {**body, "inputs": named(request_inputs(7))}
+    response = httpx.post(f"{stack.url}/v1/models/{MODEL}/generate", json=body, timeout=30)
+    assert response.status_code == status, response.text
+    assert says in response.text
+    assert not redis_client.keys(f"fs:{{{MODEL}}}:job:*")
+
+
+def test_infer_on_a_generator_and_generate_on_a_classifier_say_which_to_use(stack) -> None:
+    response = httpx.post(
+        f"{stack.url}/v1/models/{MODEL}/infer", json={"inputs": named(request_inputs(8))}
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "generative_model"
+    assert f"/v1/models/{MODEL}/generate" in response.json()["error"]["message"]
+
+
+def test_a_stream_of_an_unknown_job_is_404(stack) -> None:
+    response = httpx.get(f"{stack.url}/v1/jobs/{MODEL}.1-0-1.0/events")
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "job_not_found"

@@ -1,0 +1,329 @@
+"""The run loop of one generation model in one worker: the engine fed from Redis.
+
+Each turn of the loop:
+
+1. **admit**: while the running batch has free slots, pull that many entries (higher
+   priorities first; blocking only when nothing runs), mark them running, drop those
+   past their deadline or already final, and admit the rest in one encoder pass. An
+   entry whose token stream already has events was begun by a worker that was lost: its
+   stream gets a ``restart`` event and the request runs again from the start (its seed
+   was fixed at submission, so it writes the same text);
+2. **step**: one decoder call for every active sequence;
+3. **write**: in one round trip, every sequence's new token event, and the set of
+   requests asked to stop (a cancel), which are retired before the next step;
+4. **finish**: retired sequences (stop, length, cancel, deadline) are completed through
+   the one completion step (record, statistics, ack), then their ``done`` event is
+   appended: a client that sees ``done`` can read the record.
+
+Entries it runs are re-marked fresh (``Broker.hold``) every few seconds, so a long
+generation is never reclaimed from a live worker; one whose worker died is reclaimed
+by another after the visibility timeout and runs again there. On stop it admits nothing
+more and finishes what it runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from batching import keys, tokens
+from batching.broker import Broker, Entry, Finished, now_ms
+from batching.policy import expired, runnable
+from batching.settings import Settings
+from worker.generation.engine import Request, TokenEvent
+from worker.generation.runtime import GenerationRuntime
+from worker.loop import error_result
+from worker.versions import ModelVersions
+
+log = logging.getLogger(__name__)
+
+IDLE_BLOCK_MS = 500
+"""How long an idle pull blocks: bounds how late a stop request is seen."""
+STREAM_EXTRA = 16
+"""A token stream holds up to max_new_tokens + this many events (restart, done)."""
+STOP_REQUESTS_KEEP_S = 3600
+"""Stop requests older than this are dropped (their request finished on its own)."""
+
+REASON_STATE = {"stop": "done", "length": "done", "cancelled": "cancelled", "deadline": "expired"}
+
+
+@dataclass
+class Running:
+    """One admitted entry while it generates."""
+
+    entry: Entry
+    pulled_ms: float
+    tokens: list[int] = field(default_factory=list)
+    text: list[str] = field(default_factory=list)
+    first_token_ms: float | None = None
+
+
+class GenerationLoop:
+    def __init__(
+        self,
+        broker: Broker,
+        versions: ModelVersions,
+        worker_id: str,
+        settings: Settings,
+        stop: threading.Event,
+    ) -> None:
+        self.broker = broker
+        self.redis = broker.redis
+        self.versions = versions
+        self.model = versions.name
+        self.batching = versions.files.config.batching
+        self.worker_id = worker_id
+        self.settings = settings
+        self.stop = stop
+        self.running: dict[str, Running] = {}
+        self.batches = 0
+        """Decoder steps run (what ``batches`` counts for a classifier's loop)."""
+        self.entries_done = 0
+        self.hold_every_s = min(settings.visibility_timeout_s / 3, 5.0)
+        self._next_hold = 0.0
+
+    @property
+    def runtime(self) -> GenerationRuntime | None:
+        runtime = self.versions.newest()
+        return runtime if isinstance(runtime, GenerationRuntime) else None
+
+    def run(self) -> None:
+        self.broker.ensure_groups(self.model, self.batching.all_levels)
+        log.info("worker %s generating with %s", self.worker_id, self.model)
+        while not (self.stop.is_set() and not self.running):
+            try:
+                self.turn()
+            except Exception:  # a Redis hiccup or a bug must not kill the worker thread
+                log.exception("generation loop %s failed; retrying", self.model)
+                time.sleep(0.5)
+
+    def turn(self) -> None:
+        runtime = self.runtime
+        if runtime is None:  # every version unloaded: nothing to run on
+            self.stop.wait(IDLE_BLOCK_MS / 1000)
+            return
+        engine = runtime.engine
+        reclaimed: list[Entry] = []
+        if time.monotonic() >= self._next_hold:
+            self._next_hold = time.monotonic() + self.hold_every_s
+            self.hold()
+            if not self.stop.is_set():
+                reclaimed = self.reclaim(engine.free_slots)
+        if not self.stop.is_set() and engine.free_slots > 0:
+            self.admit(runtime, reclaimed)
+        if not engine.active:
+            return
+        events = engine.step()
+        self.batches += 1
+        stopping = self.write(events)
+        finished = [e for e in events if e.finish_reason is not None]
+        now = now_ms()
+        for ref, running in self.running.items():
+            if ref in stopping:
+                finished.append(engine.cancel(ref, "cancelled"))
+            elif expired(running.entry, now):
+                finished.append(engine.cancel(ref, "deadline"))
+        self.finish([e for e in finished if e is not None], runtime)
+
+    def admit(self, runtime: GenerationRuntime, reclaimed: list[Entry]) -> None:
+        """Pull as many entries as there are free slots; admit the runnable ones."""
+        room = runtime.engine.free_slots - len(reclaimed)
+        entries = list(reclaimed)
+        if room > 0:
+            block = None if self.running or reclaimed else IDLE_BLOCK_MS
+            levels = self.batching.online_levels
+            pulled = self.broker.pull(self.model, self.worker_id, levels, room, block)
+            entries += pulled[:room]  # pull counts per level
+        if not entries:
+            return
+        pulled = now_ms()
+        states = self.broker.start(entries, self.worker_id)
+        refused: list[Finished] = []
+        admitted: list[tuple[Entry, Request]] = []
+        for entry, state in zip(entries, states, strict=True):
+            if not runnable(state):
+                refused.append(Finished(entry, "failed", {}))  # a duplicate: only acknowledged
+            elif expired(entry, pulled):
+                message = "the request's deadline passed before it started; it never ran"
+                refused.append(Finished(entry, "expired", error_result("expired", message)))
+            else:
+                try:
+                    admitted.append((entry, _request(entry)))
+                except (ValueError, KeyError, TypeError) as exc:
+                    refused.append(Finished(entry, "failed", error_result("bad_entry", str(exc))))
+        if refused:
+            self.broker.complete(refused, self.settings.result_ttl_s, version=runtime.version)
+        if not admitted:
+            return
+        with self.redis.pipeline(transaction=False) as pipe:
+            for entry, _ in admitted:
+                pipe.exists(keys.tokens(self.model, entry.ref))
+            begun = pipe.execute()
+        restarts = [entry for (entry, _), seen in zip(admitted, begun, strict=True) if seen]
+        if restarts:
+            self._append(
+                {
+                    e.ref: [
+                        ("restart", {"reason": "the worker running it was lost; it runs again"})
+                    ]
+                    for e in restarts
+                }
+            )
+            log.warning("%s: running %d lost requests again", self.model, len(restarts))
+        try:
+            runtime.engine.admit([request for _, request in admitted])
+        except Exception as exc:  # a bad input the encoder refuses fails its batch alone
+            log.warning("%s: encoder refused %d requests: %s", self.model, len(admitted), exc)
+            failed = [
+                Finished(entry, "failed", error_result("model_error", str(exc)))
+                for entry, _ in admitted
+            ]
+            self.broker.complete(failed, self.settings.result_ttl_s, version=runtime.version)
+            error = error_result("model_error", str(exc))["error"]
+            self._append({entry.ref: [("error", error)] for entry, _ in admitted})
+            return
+        for entry, _ in admitted:
+            self.running[entry.ref] = Running(entry, pulled)
+
+    def write(self, events: list[TokenEvent]) -> set[str]:
+        """Append this step's tokens; return the running requests asked to stop."""
+        now = now_ms()
+        batch: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+        for event in events:
+            running = self.running[event.key]
+            if running.first_token_ms is None:
+                running.first_token_ms = now
+            if event.token_id is not None:
+                running.tokens.append(event.token_id)
+            running.text.append(event.piece)
+            index = len(running.tokens) - 1
+            batch[event.key] = [
+                ("token", {"index": index, "id": event.token_id, "text": event.piece})
+            ]
+        stopping = self._append(batch, read_stopping=True)
+        return stopping & self.running.keys()
+
+    def _append(
+        self, events: dict[str, list[tuple[str, dict[str, Any]]]], *, read_stopping: bool = False
+    ) -> set[str]:
+        cap = (self.runtime.spec.max_new_tokens if self.runtime else 0) + STREAM_EXTRA
+        with self.redis.pipeline(transaction=False) as pipe:
+            for ref, items in events.items():
+                tokens.append(
+                    pipe, self.model, ref, items, cap=cap, ttl_s=self.settings.result_ttl_s
+                )
+            if read_stopping:
+                pipe.zrange(keys.stopping(self.model), 0, -1)
+            replies = pipe.execute()
+        if not read_stopping:
+            return set()
+        return {ref.decode() for ref in replies[-1]}
+
+    def finish(self, events: list[TokenEvent], runtime: GenerationRuntime) -> None:
+        """Complete retired sequences (one call), then append each one's ``done`` event."""
+        if not events:
+            return
+        finished: list[Finished] = []
+        done_events: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+        now = now_ms()
+        for event in events:
+            running = self.running.pop(event.key)
+            if event.token_id is None and event.piece:  # a cancel flushed held-back text
+                running.text.append(event.piece)
+            reason = event.finish_reason or "stop"
+            state = REASON_STATE.get(reason, "done")
+            result = _result(running, reason, now, runtime.version, self.worker_id)
+            if state == "expired":
+                result.update(error_result("expired", "the request's deadline passed while it ran"))
+            finished.append(Finished(running.entry, state, result))
+            body = {"status": state, **result["generation"], "timings": result["timings"]}
+            body["version"] = str(runtime.version)
+            if "error" in result:
+                body["error"] = result["error"]
+            done_events[event.key] = [("done", body)]
+        self.broker.complete(finished, self.settings.result_ttl_s, version=runtime.version)
+        self._append(done_events)
+        self.redis.zrem(keys.stopping(self.model), *done_events)
+        self.entries_done += len(finished)
+
+    def reclaim(self, room: int) -> list[Entry]:
+        """Claim up to ``room`` entries other (dead) workers left idle past the visibility
+        timeout; never one this worker runs (those were just held)."""
+        claimed: list[Entry] = []
+        for level in self.batching.online_levels:
+            if room - len(claimed) <= 0:
+                break
+            entries, dead = self.broker.reclaim(
+                self.model,
+                level,
+                self.worker_id,
+                min_idle_ms=int(self.settings.visibility_timeout_s * 1000),
+                max_deliveries=self.settings.max_deliveries,
+                ttl_s=self.settings.result_ttl_s,
+                count=room - len(claimed),
+            )
+            claimed += [e for e in entries if e.ref not in self.running]
+            if entries or dead:
+                log.warning(
+                    "%s p%d: reclaimed %d idle requests, dead-lettered %d",
+                    self.model,
+                    level,
+                    len(entries),
+                    len(dead),
+                )
+        return claimed
+
+    def hold(self) -> None:
+        """Keep what runs here from being reclaimed; drop stop requests nobody acted on."""
+        by_level: dict[int, list[str]] = {}
+        for running in self.running.values():
+            by_level.setdefault(running.entry.priority, []).append(running.entry.id)
+        for level, ids in by_level.items():
+            self.broker.hold(self.model, level, self.worker_id, ids)
+        self.redis.zremrangebyscore(
+            keys.stopping(self.model), 0, time.time() - STOP_REQUESTS_KEEP_S
+        )
+
+
+def _request(entry: Entry) -> Request:
+    if entry.generate is None:
+        raise ValueError("not a generation request (POST /v1/models/<m>/generate)")
+    params = orjson.loads(entry.generate)
+    return Request(
+        key=entry.ref,
+        inputs=entry.inputs,
+        max_new_tokens=int(params["max_new_tokens"]),
+        temperature=float(params["temperature"]),
+        top_k=int(params["top_k"]),
+        top_p=float(params["top_p"]),
+        seed=int(params["seed"]),
+        stop=tuple(params["stop"]),
+    )
+
+
+def _result(running: Running, reason: str, now: float, version: int, worker: str) -> dict[str, Any]:
+    started = running.pulled_ms
+    first = running.first_token_ms
+    seconds = max(1e-6, (now - started) / 1000)
+    return {
+        "generation": {
+            "text": "".join(running.text),
+            "tokens": running.tokens,
+            "finish_reason": reason,
+        },
+        "timings": {
+            "queue_ms": round(max(0.0, started - running.entry.enqueued_ms), 3),
+            "time_to_first_token_ms": round(first - running.entry.enqueued_ms, 3)
+            if first is not None
+            else None,
+            "generate_ms": round(now - started, 3),
+            "tokens_per_s": round(len(running.tokens) / seconds, 2),
+            "worker": worker,
+        },
+        "version": version,
+    }
