@@ -1,4 +1,5 @@
-"""One error shape for every failure: ``{"error": {"code": …, "message": …}}``."""
+"""One error shape per API for every failure: ``{"error": {"code": …, "message": …}}``, and
+KServe V2's ``{"error": "<message>"}`` under ``/v2``."""
 
 from __future__ import annotations
 
@@ -47,14 +48,14 @@ def _body(status: int, code: str, message: str, **extra: Any):
     return response
 
 
-def _path_body(status: int, code: str, message: str):
+def _path_body(status: int, code: str, message: str, **extra: Any):
     """An error body in the shape of the request's API: KServe V2's ``{"error": "<message>"}``
-    under ``/v2``, else ``{"error": {"code", "message"}}``."""
+    under ``/v2``, else ``{"error": {"code", "message", ...}}``."""
     if request.path.startswith("/v2"):
         response = jsonify({"error": message})
         response.status_code = status
         return response
-    return _body(status, code, message)
+    return _body(status, code, message, **extra)
 
 
 HEADER_FIELDS = ("retry_after", "www_authenticate")
@@ -76,7 +77,7 @@ def with_headers(response, exc: ApiError):
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(ApiError)
     def _api_error(exc: ApiError):
-        return with_headers(_body(exc.status, exc.code, exc.message, **_fields(exc)), exc)
+        return with_headers(_path_body(exc.status, exc.code, exc.message, **_fields(exc)), exc)
 
     @app.errorhandler(InvalidInput)
     def _invalid_input(exc: InvalidInput):

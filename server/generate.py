@@ -66,11 +66,11 @@ class StreamSlots:
 SLOTS = StreamSlots()
 
 
-def generative(name: str) -> PublishedModel:
-    """The served model ``name``, which must write text (404 / 400 otherwise)."""
-    model = services().registry.get(name)
-    if model is None:
-        raise not_found("model_not_found", f"no model named {name!r} is served")
+def generative(name: str, version: str | None = None) -> PublishedModel:
+    """The served model ``name`` (and ``version``), which must write text (404 / 400)."""
+    from server.v2 import versioned_model
+
+    model = versioned_model(name, version)
     require_serving(model)
     if model.meta.config.generation is None:
         raise ApiError(
@@ -99,6 +99,7 @@ def submit(
     *,
     priority: int | None = None,
     timeout_ms: int | None = None,
+    version: int = 0,
 ) -> tuple[str, int]:
     """Queue one generation request; (entry reference, deadline in unix ms)."""
     from batching.inputs import entry_tensors
@@ -128,6 +129,7 @@ def submit(
         priority=priority,
         timeout_ms=timeout_ms,
         tenant=tenant(),
+        version=version,
         generate=orjson.dumps(chosen),
     )
     return ref, started_ms + timeout_ms
@@ -233,3 +235,131 @@ def _sse(model: str, ref: str, after: str, deadline_ms: int, job_id: str) -> Ite
             event.event.encode(),
             orjson.dumps(data),
         )
+
+
+# --- Triton's generate extension ------------------------------------------------------------
+
+TRITON_ALIASES = {"max_tokens": "max_new_tokens", "stop_words": "stop", "random_seed": "seed"}
+"""Names Triton's LLM backends use for the same parameters."""
+TRITON_INPUTS = {"text_input": "text", "image": "image", "audio": "audio"}
+
+
+class TritonRequest(GenerationParameters):
+    """A generate-extension body, read into the /v1 request: ``text_input`` (and ``image``,
+    ``audio``) are the inputs; parameters come in ``parameters`` or beside the inputs."""
+
+    priority: int | None = None
+    timeout_ms: int | None = None
+
+    @classmethod
+    def read(cls, raw: dict[str, Any]) -> tuple[str | None, Item, TritonRequest]:
+        body = dict(raw)
+        request_id = body.pop("id", None)
+        if request_id is not None and not isinstance(request_id, str):
+            raise invalid("'id' must be a string")
+        item = {field: body.pop(key) for key, field in TRITON_INPUTS.items() if key in body}
+        params = body.pop("parameters", {})
+        if not isinstance(params, dict):
+            raise invalid("'parameters' must be an object")
+        merged = {TRITON_ALIASES.get(k, k): v for k, v in {**body, **params}.items()}
+        try:
+            return request_id, Item.model_validate(item), cls.model_validate(merged)
+        except ValidationError as exc:
+            raise invalid(describe_errors(exc)) from None
+
+
+def _triton(name: str, version: str | None) -> tuple[PublishedModel, str | None, str, int]:
+    model = generative(name, version)
+    request_id, item, params = TritonRequest.read(json_object(read_body()))
+    ref, deadline_ms = submit(
+        model,
+        item,
+        params,
+        priority=params.priority,
+        timeout_ms=params.timeout_ms,
+        version=int(version or 0),
+    )
+    return model, request_id, ref, deadline_ms
+
+
+def _triton_body(model: PublishedModel, request_id: str | None, **fields: Any) -> dict:
+    body: dict[str, Any] = {"model_name": model.name}
+    if request_id is not None:
+        body["id"] = request_id
+    return {**body, **fields}
+
+
+@bp.post("/v2/models/<name>/generate")
+@bp.post("/v2/models/<name>/versions/<version>/generate")
+def triton_generate(name: str, version: str | None = None):
+    """One JSON answer once the text is written (Triton's ``/generate``)."""
+    svc = services()
+    model, request_id, ref, deadline_ms = _triton(name, version)
+    wait_s = max(0.0, deadline_ms / 1000 - time.time()) + STREAM_GRACE_S
+    view = svc.queue.wait(model.name, ref, wait_s)
+    result = (view.result or {}) if view is not None else {}
+    generation = result.get("generation")
+    if view is None or view.state != "done" or not generation:
+        error = result.get("error", {}).get("message") or f"the request ended {view and view.state}"
+        raise ApiError(504 if view is None or view.state == "expired" else 500, "failed", error)
+    return jsonify(
+        _triton_body(
+            model,
+            request_id,
+            model_version=str(result.get("version", "")),
+            text_output=generation["text"],
+            finish_reason=generation["finish_reason"],
+        )
+    )
+
+
+@bp.post("/v2/models/<name>/generate_stream")
+@bp.post("/v2/models/<name>/versions/<version>/generate_stream")
+def triton_generate_stream(name: str, version: str | None = None):
+    """Server-Sent Events, one ``data:`` object per token (Triton's ``/generate_stream``).
+
+    A request run again after its worker was lost writes the same tokens (its seed was
+    fixed at submission): the tokens already sent are checked and not sent twice, so a
+    Triton client sees one uninterrupted answer. Were they to differ (a version changed
+    meanwhile), the stream ends with an error object instead.
+    """
+    SLOTS.take(services().settings.max_streams)
+    try:
+        model, request_id, ref, deadline_ms = _triton(name, version)
+    except BaseException:
+        SLOTS.give_back()
+        raise
+    version_label = version or ",".join(model.meta.versions[-1:])
+
+    def events() -> Iterator[bytes]:
+        sent: list[int] = []
+        replay: list[int] | None = None
+        for event in follow(model.name, ref, "0", deadline_ms):
+            if event is None:
+                yield b": keep-alive\n\n"
+                continue
+            if event.event == "restart":
+                replay = list(sent)
+                continue
+            if event.event == "token" and replay is not None and event.data["index"] < len(replay):
+                if event.data["id"] == replay[event.data["index"]]:
+                    continue
+                body = {
+                    "error": "the request ran again after its worker was lost and wrote "
+                    "different text; send it again"
+                }
+                yield b"data: %s\n\n" % orjson.dumps(body)
+                return
+            if event.event == "token":
+                sent.append(event.data["id"])
+                fields = {"text_output": event.data["text"]}
+            elif event.event == "done":
+                fields = {"text_output": "", "finish_reason": event.data["finish_reason"]}
+                if event.data.get("status") != "done":
+                    fields = {"error": event.data.get("error", {}).get("message", "failed")}
+            else:
+                fields = {"error": event.data.get("message", "failed")}
+            body = _triton_body(model, request_id, model_version=version_label, **fields)
+            yield b"data: %s\n\n" % orjson.dumps(body)
+
+    return _event_stream(events())

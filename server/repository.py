@@ -35,13 +35,6 @@ UNLOAD_PARAMETERS = frozenset({"version", "unload_dependents"})
 """``unload_dependents`` (what tritonclient sends) is accepted: no model depends on another."""
 
 
-@bp.errorhandler(ApiError)
-def _error(exc: ApiError):
-    from server.v2 import v2_error  # here, not at import: server.v2 calls require_serving
-
-    return v2_error(exc)
-
-
 def require_serving(model: PublishedModel) -> None:
     """Refuse work for a model the repository API unloaded (503, before anything is queued)."""
     if model.unloaded:

@@ -20,7 +20,6 @@ from pydantic import ValidationError
 import fusionserve
 from batching import codec
 from batching.inputs import (
-    InvalidInput,
     check_batch_shape,
     check_names,
     check_shared_dims,
@@ -30,7 +29,7 @@ from batching.inputs import (
     text_tensors,
     to_array,
 )
-from batching.items import TooManyItems, check_count
+from batching.items import check_count
 from batching.model_config import NUMPY_TO_V2
 from batching.registry import PublishedModel
 from server import v2_wire
@@ -38,11 +37,8 @@ from server.auth import tenant
 from server.errors import (
     ApiError,
     bad_request,
-    from_invalid_input,
-    from_too_many,
     invalid,
     not_found,
-    with_headers,
 )
 from server.generate import refuse_generative
 from server.jsonio import read_body
@@ -54,23 +50,6 @@ bp = Blueprint("v2", __name__, url_prefix="/v2")
 
 EXTENSIONS = ["binary_tensor_data", "statistics", "model_repository"]
 TEXT_INPUT = "text"
-
-
-@bp.errorhandler(InvalidInput)
-def v2_invalid_input(exc: InvalidInput):
-    return v2_error(from_invalid_input(exc))
-
-
-@bp.errorhandler(TooManyItems)
-def v2_too_many(exc: TooManyItems):
-    return v2_error(from_too_many(exc))
-
-
-@bp.errorhandler(ApiError)
-def v2_error(exc: ApiError):
-    response = jsonify({"error": exc.message})
-    response.status_code = exc.status
-    return with_headers(response, exc)
 
 
 # --- server and model metadata ---------------------------------------------------------
@@ -95,7 +74,7 @@ def ready():
     return ("", 200) if serving else ("", 503)
 
 
-def _model(name: str, version: str | None) -> PublishedModel:
+def versioned_model(name: str, version: str | None) -> PublishedModel:
     model = services().registry.get(name)
     if model is None:
         raise not_found("model_not_found", f"unknown model '{name}'")
@@ -111,7 +90,7 @@ def _spec(spec) -> dict[str, Any]:
 @bp.get("/models/<name>")
 @bp.get("/models/<name>/versions/<version>")
 def model_metadata(name: str, version: str | None = None):
-    model = _model(name, version)
+    model = versioned_model(name, version)
     return jsonify(
         {
             "name": name,
@@ -126,7 +105,7 @@ def model_metadata(name: str, version: str | None = None):
 @bp.get("/models/<name>/ready")
 @bp.get("/models/<name>/versions/<version>/ready")
 def model_ready(name: str, version: str | None = None):
-    model = _model(name, version)
+    model = versioned_model(name, version)
     if not model.ready_workers:
         raise ApiError(503, "not_ready", f"model '{name}' has no ready worker")
     return "", 200
@@ -136,7 +115,7 @@ def model_ready(name: str, version: str | None = None):
 @bp.get("/models/<name>/versions/<version>/config")
 def model_config(name: str, version: str | None = None):
     """Triton's model configuration, as JSON."""
-    model = _model(name, version)
+    model = versioned_model(name, version)
     batching = model.meta.config.batching
 
     def io(spec) -> dict[str, Any]:
@@ -174,7 +153,7 @@ def model_config(name: str, version: str | None = None):
 @bp.get("/models/<name>/versions/<version>/stats")
 def model_stats(name: str, version: str | None = None):
     """Triton's statistics extension, from the counters workers keep per model version."""
-    model = _model(name, version)
+    model = versioned_model(name, version)
     broker = services().broker
     versions = [version] if version else model.meta.versions
     return jsonify({"model_stats": [_stats(name, v, broker.stats(name, v)) for v in versions]})
@@ -347,7 +326,7 @@ def _utf8(element: bytes, name: str) -> str:
 @bp.post("/models/<name>/versions/<version>/infer")
 def infer(name: str, version: str | None = None):
     svc = services()
-    model = _model(name, version)
+    model = versioned_model(name, version)
     require_serving(model)
     refuse_generative(model)
     if not model.ready_workers:  # a synchronous caller would only wait for its timeout

@@ -19,7 +19,9 @@ import numpy as np
 import orjson
 import pytest
 from generation_models import random_inputs, tiny_generator
+from helpers import b64
 
+from fusionserve.zoo.data import png_bytes
 from worker.generation import Request
 from worker.generation.runtime import GenerationRuntime
 from worker.repository import load_model_files
@@ -249,3 +251,52 @@ def test_a_stream_of_an_unknown_job_is_404(stack) -> None:
     response = httpx.get(f"{stack.url}/v1/jobs/{MODEL}.1-0-1.0/events")
     assert response.status_code == 404
     assert response.json()["error"]["code"] == "job_not_found"
+
+
+def triton_body(seed: int) -> dict:
+    """A raw question and picture, as a plain Triton client sends them."""
+    rng = np.random.default_rng(seed)
+    picture = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    return {
+        "text_input": "the big red circle on the left",
+        "image": b64(png_bytes(picture)),
+        "parameters": {"temperature": 0.7, "seed": 5, "max_tokens": 12},
+    }
+
+
+def test_triton_generate_endpoints_answer_a_plain_http_client(stack) -> None:
+    body = triton_body(9)
+    with httpx.Client(base_url=stack.url, timeout=30) as http:
+        answer = http.post(f"/v2/models/{MODEL}/generate", json={**body, "id": "q1"})
+        assert answer.status_code == 200, answer.text
+        whole = answer.json()
+        assert whole["model_name"] == MODEL and whole["id"] == "q1"
+        assert whole["model_version"] == "1" and whole["text_output"]
+        # The same request through /v1 writes the same text (same seed, same preprocessing).
+        v1 = {
+            "text": body["text_input"],
+            "image": body["image"],
+            "temperature": 0.7,
+            "seed": 5,
+            "max_new_tokens": 12,
+        }
+        job = http.post(f"/v1/models/{MODEL}/generate", json=v1).json()["job_id"]
+        assert (
+            http.get(f"/v1/jobs/{job}", params={"wait": 20}).json()["text"] == whole["text_output"]
+        )
+
+        with http.stream("POST", f"/v2/models/{MODEL}/generate_stream", json=body) as response:
+            assert response.headers["content-type"].startswith("text/event-stream")
+            chunks = [
+                orjson.loads(line.removeprefix("data: "))
+                for line in response.iter_lines()
+                if line.startswith("data: ")
+            ]
+        assert all(c["model_name"] == MODEL for c in chunks)
+        assert "".join(c["text_output"] for c in chunks) == whole["text_output"]
+        assert chunks[-1]["finish_reason"] == whole["finish_reason"]
+
+        refused = http.post(f"/v2/models/{MODEL}/generate", json={**body, "beams": 2})
+        assert refused.status_code == 422 and "beams" in refused.json()["error"]
+        missing = http.post(f"/v2/models/{MODEL}/generate", json={"parameters": {}})
+        assert missing.status_code == 422 and isinstance(missing.json()["error"], str)
