@@ -162,6 +162,9 @@ class GenerationConfig(_Strict):
     pad_id: int = Field(0, ge=0)
     max_new_tokens: int = Field(32, ge=1, le=4096)
     max_active: int = Field(32, ge=1, le=1024)
+    admission: Literal["continuous", "request"] = "continuous"
+    """``continuous``: waiting requests join the running batch at every step (iteration-level
+    batching); ``request``: only once the batch has emptied (request-level, for comparison)."""
 
 
 class ModelConfig(BaseModel):

@@ -12,7 +12,7 @@ import logging
 from tokenizers import Tokenizer
 
 from batching.model_config import TensorSpec
-from worker.generation.engine import Engine
+from worker.generation.engine import Admission, Engine
 from worker.generation.spec import GenerationSpec, words_of
 from worker.repository import ModelFiles
 from worker.runtime import open_session, spec_of
@@ -49,6 +49,7 @@ class GenerationRuntime:
             self.encoder,
             self.decoder,
             self.spec,
+            admission=Admission(config.admission),
             pad_values=files.config.preprocessing.pad_values(),
         )
         log.info(
