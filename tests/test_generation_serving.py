@@ -27,6 +27,8 @@ from worker.generation.runtime import GenerationRuntime
 from worker.repository import load_model_files
 
 MODEL = "tiny_gen"
+OWN = "tiny_gen_own"
+"""The same weights (same seed) under another name, for the test that kills its worker."""
 CAP = 24
 
 
@@ -42,13 +44,26 @@ def reference(repository: Path) -> GenerationRuntime:
     return GenerationRuntime(load_model_files(repository / MODEL))
 
 
-@pytest.fixture
-def stack(stack_factory, repository: Path):
-    stack = stack_factory(repository, FUSIONSERVE_VISIBILITY_TIMEOUT_S="3")
+def serve(factory, repository: Path, model: str = MODEL):
+    stack = factory(repository, FUSIONSERVE_VISIBILITY_TIMEOUT_S="3")
     stack.start_api()
-    stack.start_worker(MODEL)
-    stack.wait_ready(MODEL, 1)
+    stack.start_worker(model)
+    stack.wait_ready(model, 1)
     return stack
+
+
+@pytest.fixture(scope="module")
+def stack(module_stack_factory, repository: Path):
+    """Shared by the module's tests; a test that kills a worker builds its own."""
+    return serve(module_stack_factory, repository)
+
+
+@pytest.fixture
+def own_stack(module_stack_factory, tmp_path: Path):
+    """A stack of its own, over a copy of the model under another name (the shared stack's
+    worker must not take its requests), on the same Redis (never flushed under the other)."""
+    tiny_generator(tmp_path, OWN, max_new_tokens=CAP, max_active=4, eos_slope=0.2)
+    return serve(module_stack_factory, tmp_path, OWN)
 
 
 def request_inputs(seed: int) -> dict[str, np.ndarray]:
@@ -174,14 +189,15 @@ def test_a_cancel_mid_stream_stops_the_sequence_and_frees_its_slot(stack) -> Non
 
 
 def test_a_killed_workers_request_finishes_on_another_with_a_restart_event(
-    stack, reference
+    own_stack, reference
 ) -> None:
+    stack = own_stack
     first = stack.workers[0]
     inputs = request_inputs(5)
     _, text, _ = alone(reference, inputs, max_new_tokens=CAP)
     with httpx.Client(base_url=stack.url, timeout=60) as http:
         job = http.post(
-            f"/v1/models/{MODEL}/generate",
+            f"/v1/models/{OWN}/generate",
             json={"inputs": named(inputs), "max_new_tokens": CAP},
         ).json()["job_id"]
         with http.stream("GET", f"/v1/jobs/{job}/events") as response:
@@ -192,7 +208,7 @@ def test_a_killed_workers_request_finishes_on_another_with_a_restart_event(
                     assert event[1] == "token"
                     os.kill(first.pid, signal.SIGKILL)  # mid-sequence: its tokens are half out
                     first.wait(10)
-                    stack.start_worker(MODEL)
+                    stack.start_worker(OWN)
     kinds = [e[1] for e in events]
     assert "restart" in kinds, kinds
     after = events[kinds.index("restart") + 1 :]
@@ -229,13 +245,15 @@ def test_resuming_after_last_event_id_gives_the_rest(stack) -> None:
     ],
 )
 def test_bad_generation_requests_are_refused_before_anything_is_queued(
-    stack, redis_client, body: dict, status: int, says: str
+    stack, module_redis, body: dict, status: int, says: str
 ) -> None:
     body = {**body, "inputs": named(request_inputs(7))}
+    jobs = f"fs:{{{MODEL}}}:job:*"
+    before = len(module_redis.keys(jobs))
     response = httpx.post(f"{stack.url}/v1/models/{MODEL}/generate", json=body, timeout=30)
     assert response.status_code == status, response.text
     assert says in response.text
-    assert not redis_client.keys(f"fs:{{{MODEL}}}:job:*")
+    assert len(module_redis.keys(jobs)) == before
 
 
 def test_infer_on_a_generator_and_generate_on_a_classifier_say_which_to_use(stack) -> None:
