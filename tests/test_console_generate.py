@@ -16,7 +16,9 @@ import httpx
 import pytest
 from browser import checked, chromium, needs_chromium, text
 from generation_models import tiny_generator
-from helpers import wait_until
+from helpers import b64, wait_until
+
+from fusionserve.zoo import data
 
 pytestmark = needs_chromium
 MODEL = "tiny_gen"
@@ -119,3 +121,51 @@ def test_a_refused_generation_request_shows_the_servers_error(stack, browser) ->
     assert "HTTP 422" in text(browser, "pg-error")
     assert f"max_new_tokens must be at most {CAP}" in text(browser, "pg-error")
     assert browser.find_element("id", "pg-submit").is_enabled()
+
+
+REPLAY = """
+const [wire, size, job] = arguments;
+const bytes = new Uint8Array(wire);
+const real = window.fetch;
+window.fetch = (url, options) => {
+  if (!String(url).endsWith("/generate")) return real(url, options);
+  let at = 0;
+  const body = new ReadableStream({
+    pull(controller) {
+      if (at >= bytes.length) return controller.close();
+      controller.enqueue(bytes.slice(at, at + size));
+      at += size;
+    },
+  });
+  const headers = { "Content-Type": "text/event-stream", "X-Job-Id": job };
+  return Promise.resolve(new Response(body, { status: 200, headers }));
+};
+"""
+"""Answers the page's next /generate with ``wire`` (bytes), ``size`` bytes per read."""
+
+
+def test_a_restart_mid_stream_starts_the_answer_again(stack, browser) -> None:
+    """A worker lost mid-sequence: the events a client then reads (a real job's wire bytes,
+    its first tokens, a restart, all of them again) in small reads that split events."""
+    [sample] = data.generate(1, 5)
+    question = {"text": sample.question, "image": b64(data.png_bytes(sample.image))}
+    with httpx.Client(base_url=stack.url, timeout=30) as http:
+        submitted = http.post(f"/v1/models/{MODEL}/generate", json=question)
+        assert submitted.status_code == 202, submitted.text
+        job_id = submitted.json()["job_id"]
+        job = http.get(f"/v1/jobs/{job_id}", params={"wait": 20}).json()
+        wire = http.get(f"/v1/jobs/{job_id}/events").content
+    events = wire.split(b"\n\n")
+    assert len(job["tokens"]) > 1 and events[0].startswith(b"id: ")
+    restart = b'id: 0-1\nevent: restart\ndata: {"reason": "the worker was lost"}\n\n'
+    replayed = b"\n\n".join(events[:2]) + b"\n\n: keep-alive\n\n" + restart + wire
+    open_playground(browser, stack, 5)
+    browser.execute_script(REPLAY, list(replayed), 7, job_id)
+    browser.find_element("id", "pg-submit").click()
+    wait_until(lambda: answer(browser).get("status"), "the answer never finished")
+    shown = answer(browser)
+    assert shown["status"] == "done" and shown["jobId"] == job_id
+    assert shown["restarts"] == "1"
+    assert int(shown["tokens"]) == len(job["tokens"])  # counted again from the restart
+    assert "replaced" not in shown
+    assert text(browser, "pg-answer") == job["text"]
