@@ -3,7 +3,8 @@
 One server-rendered page and a little JavaScript (no build step, nothing fetched from
 elsewhere): Plotly's bundled script is served from the installed ``plotly`` package.
 The page calls the public API (``/v1/stats``, ``/v1/models``, ``/v1/batches``,
-``/v1/models/<m>/infer``), with the API key the operator types in when keys are on,
+``/v1/models/<m>/infer``, and ``/v1/models/<m>/generate`` streamed for a model that
+writes text), with the API key the operator types in when keys are on,
 so it shows exactly what that key may see.
 """
 

@@ -50,6 +50,7 @@ def _database_of_this_worker(url: str) -> str:
 
 TORCH_MODULES = {
     "test_compression",
+    "test_console_generate",
     "test_fusion_cli",
     "test_fusion_demo",
     "test_fusion_export",

@@ -5,7 +5,6 @@ machine; every test saves a screenshot next to its logs."""
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,15 +12,13 @@ import httpx
 import orjson
 import pytest
 import redis
+from browser import checked, chromium, needs_chromium, text
 from conftest import DEMO
 from helpers import b64, wait_until
 
 from fusionserve.zoo import data
 
-CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
-pytestmark = pytest.mark.skipif(
-    not (CHROMIUM and DRIVER), reason="needs Debian's chromium and chromium-driver"
-)
+pytestmark = needs_chromium
 MODEL = "demo"
 
 
@@ -32,47 +29,11 @@ def stack(served_demo):
     return stack
 
 
-def chromium():
-    """Headless Chromium from the Debian packages, logging the page's console."""
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1280,1400"):
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(DRIVER), options=options)
-    driver.set_page_load_timeout(30)
-    return driver
-
-
 @pytest.fixture
 def browser(stack, tmp_path: Path, request) -> Iterator:
     driver = chromium()
     yield driver
-    try:
-        driver.save_screenshot(str(tmp_path / f"{request.node.name}.png"))  # kept by pytest
-        errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
-        origin = stack.url
-        resources = driver.execute_script(
-            "return performance.getEntriesByType('resource').map(e => e.name)"
-        )
-    finally:
-        driver.quit()
-    assert not errors, f"JavaScript console errors: {errors}"
-    outside = [r for r in resources if not r.startswith((origin, "data:", "blob:"))]
-    assert not outside, f"requests left the machine: {outside}"
-
-
-def text(driver, element_id: str) -> str:
-    return (
-        driver.execute_script(
-            "const e = document.getElementById(arguments[0]); return e ? e.textContent : null",
-            element_id,
-        )
-        or ""
-    )
+    checked(driver, stack.url, tmp_path / f"{request.node.name}.png")
 
 
 def test_overview_shows_live_throughput_after_traffic(stack, browser) -> None:
@@ -99,6 +60,9 @@ def test_playground_answers_a_generated_question(stack, browser) -> None:
     browser.get(f"{stack.url}/console#playground")
     wait_until(lambda: len(Select(browser.find_element("id", "pg-model")).options) > 0, "no models")
     Select(browser.find_element("id", "pg-model")).select_by_value(MODEL)
+    controls = browser.find_element("id", "pg-gen")
+    wait_until(lambda: controls.get_attribute("data-model") == MODEL, "the model was not read")
+    assert not controls.is_displayed()  # a classifier: no generation controls
     seed = browser.find_element("id", "pg-seed")
     seed.clear()
     seed.send_keys("20240601")

@@ -166,6 +166,8 @@ async function downloadResults(batchId, button) {
 }
 
 // --- playground ---------------------------------------------------------------------------
+// A classifier answers labels (/infer, then the job); a model whose config says
+// task = "generate" writes text, streamed token by token (/generate with stream: true).
 const playground = { image: null, audio: null };
 
 async function loadPlayground() {
@@ -173,6 +175,28 @@ async function loadPlayground() {
   if (select.options.length) return;
   const body = await json("/v1/models");
   for (const m of body.models) select.append(el("option", { value: m.name }, m.name));
+  await selectModel();
+}
+
+const writesText = m => Boolean(m.config && m.config.task === "generate");
+
+// Show the generation controls for a model that writes text, with its token cap.
+async function selectModel() {
+  const select = document.getElementById("pg-model"), name = select.value;
+  const controls = document.getElementById("pg-gen");
+  controls.hidden = true;
+  delete controls.dataset.model;
+  if (!name) return;
+  let m;
+  try { m = await json("/v1/models/" + encodeURIComponent(name)); } catch (e) { return; }
+  if (select.value !== name) return;  // another model was chosen meanwhile
+  controls.hidden = !writesText(m);
+  if (writesText(m)) {
+    const max = document.getElementById("pg-max-tokens"), cap = m.config.generation.max_new_tokens;
+    max.max = String(cap);
+    max.placeholder = "up to " + cap;
+  }
+  controls.dataset.model = name;  // settled for this model
 }
 
 function readFile(input, then) {
@@ -196,28 +220,152 @@ async function sample() {
   img.dataset.expected = s.answer;
 }
 
+function showError(out, message) {
+  out.append(el("p", { class: "error", id: "pg-error" }, message));
+}
+
 async function ask() {
   const model = document.getElementById("pg-model").value;
   const item = { text: document.getElementById("pg-question").value };
   if (playground.image) item.image = playground.image;
   if (playground.audio) item.audio = playground.audio;
+  const button = document.getElementById("pg-submit");
   const status = document.getElementById("pg-status"), out = document.getElementById("pg-result");
   status.textContent = "…";
+  out.replaceChildren();
+  button.disabled = true;
   try {
-    const job = await json(`/v1/models/${encodeURIComponent(model)}/infer`, {
-      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(item) });
-    const result = await json(`/v1/jobs/${job.job_id}?wait=20`);
-    status.textContent = result.status;
-    const rows = (result.labels || []).map(l => el("tr", {}, el("td", {}, l.label), el("td", {}, l.score.toFixed(4))));
-    const t = result.timings || {};
-    out.replaceChildren(
-      el("p", {}, "Answer: ", el("strong", { id: "pg-answer" }, result.labels ? result.labels[0].label : result.status)),
-      el("table", { id: "pg-labels" }, ...rows),
-      el("p", { id: "pg-timings" }, `queue ${t.queue_ms} ms · compute ${t.compute_ms} ms · batch of ${t.batch_size}`));
+    const m = await json("/v1/models/" + encodeURIComponent(model));
+    await (writesText(m) ? generate : classify)(model, item, status, out);
   } catch (e) {
     status.textContent = "";
-    out.replaceChildren(el("p", { class: "error" }, String(e.message || e)));
+    showError(out, String(e.message || e));
+  } finally {
+    button.disabled = false;
   }
+}
+
+async function classify(model, item, status, out) {
+  const job = await json(`/v1/models/${encodeURIComponent(model)}/infer`, {
+    method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(item) });
+  const result = await json(`/v1/jobs/${job.job_id}?wait=20`);
+  status.textContent = result.status;
+  const rows = (result.labels || []).map(l => el("tr", {}, el("td", {}, l.label), el("td", {}, l.score.toFixed(4))));
+  const t = result.timings || {};
+  out.replaceChildren(
+    el("p", {}, "Answer: ", el("strong", { id: "pg-answer" }, result.labels ? result.labels[0].label : result.status)),
+    el("table", { id: "pg-labels" }, ...rows),
+    el("p", { id: "pg-timings" }, `queue ${t.queue_ms} ms · compute ${t.compute_ms} ms · batch of ${t.batch_size}`));
+}
+
+// The generation parameters typed in; an empty field is left to the server's default.
+function generationParameters() {
+  const body = {};
+  for (const [id, name] of [["pg-max-tokens", "max_new_tokens"], ["pg-temperature", "temperature"], ["pg-gen-seed", "seed"]]) {
+    const value = document.getElementById(id).value.trim();
+    if (value !== "") body[name] = Number(value);
+  }
+  return body;
+}
+
+async function errorMessage(response) {
+  const text = await response.text();
+  let message = text.trim() || response.statusText;
+  try {
+    const body = JSON.parse(text);
+    message = (body.error && (body.error.message || body.error)) || message;
+  } catch (e) { /* not JSON: a proxy's page, say */ }
+  return `HTTP ${response.status}: ${message}`;
+}
+
+// Server-Sent Events from a fetch body, as {id, event, data} (data parsed as JSON).
+// EventSource cannot POST, so the stream is read and split here.
+async function* serverSentEvents(body) {
+  const reader = body.getReader();
+  const decoder = new TextDecoder();
+  let buffer = "";
+  try {
+    for (;;) {
+      const { value, done } = await reader.read();
+      buffer = (buffer + decoder.decode(value, { stream: !done })).replace(/\r\n/g, "\n");
+      let cut;
+      while ((cut = buffer.indexOf("\n\n")) >= 0) {
+        const block = buffer.slice(0, cut);
+        buffer = buffer.slice(cut + 2);
+        const event = { id: "", event: "message", data: [] };
+        for (const line of block.split("\n")) {
+          if (!line || line.startsWith(":")) continue;  // ": keep-alive"
+          const colon = line.indexOf(":");
+          const field = colon < 0 ? line : line.slice(0, colon);
+          let text = colon < 0 ? "" : line.slice(colon + 1);
+          if (text.startsWith(" ")) text = text.slice(1);
+          if (field === "data") event.data.push(text);
+          else if (field === "event") event.event = text;
+          else if (field === "id") event.id = text;
+        }
+        if (event.data.length) yield { id: event.id, event: event.event, data: JSON.parse(event.data.join("\n")) };
+      }
+      if (done) return;
+    }
+  } finally {
+    reader.cancel().catch(() => {});  // a reader that stopped early closes the connection
+  }
+}
+
+const ms = v => (v === null || v === undefined ? "–" : Number(v).toFixed(1));
+
+async function generate(model, item, status, out) {
+  const body = Object.assign({}, item, generationParameters(), { stream: true });
+  const response = await api(`/v1/models/${encodeURIComponent(model)}/generate`, {
+    method: "POST", headers: { "Content-Type": "application/json", "Accept": "text/event-stream" },
+    body: JSON.stringify(body) });
+  if (!response.ok) throw new Error(await errorMessage(response));
+  const job = response.headers.get("X-Job-Id") || "";
+  // data-tokens: token events making the text shown (a restart starts it again).
+  const answer = el("div", { id: "pg-answer", class: "written", "data-job-id": job, "data-tokens": "0", "data-restarts": "0" });
+  const summary = el("p", { id: "pg-timings" });
+  out.replaceChildren(el("p", {}, "Answer", job ? ` (job ${job})` : "", ":"), answer, summary);
+  status.textContent = "writing…";
+  let final = null;
+  for await (const event of serverSentEvents(response.body)) {
+    const d = event.data;
+    if (event.event === "token") {
+      answer.append(d.text);
+      answer.dataset.tokens = String(Number(answer.dataset.tokens) + 1);
+    } else if (event.event === "restart") {
+      answer.textContent = "";
+      answer.dataset.tokens = "0";
+      answer.dataset.restarts = String(Number(answer.dataset.restarts) + 1);
+      status.textContent = "its worker was lost; writing again…";
+    } else if (event.event === "done" || event.event === "error") {
+      final = event;
+      break;
+    }
+  }
+  if (final === null) {
+    status.textContent = "";
+    answer.dataset.status = "interrupted";
+    showError(out, `the stream ended before the answer was complete; the job: /v1/jobs/${job}`);
+    return;
+  }
+  const d = final.data;
+  if (final.event === "error") {
+    status.textContent = "failed";
+    answer.dataset.status = "failed";
+    showError(out, `error ${d.code || ""}: ${d.message || JSON.stringify(d)}`);
+    return;
+  }
+  if (typeof d.text === "string" && d.text !== answer.textContent) {
+    answer.textContent = d.text;  // the job's text is the answer (a cancel flushes held-back text)
+    answer.dataset.replaced = "true";
+  }
+  status.textContent = d.status;
+  answer.dataset.status = d.status;
+  const t = d.timings || {};
+  summary.replaceChildren("finish: ", el("strong", { id: "pg-finish" }, String(d.finish_reason)),
+    ` · first token after ${ms(t.time_to_first_token_ms)} ms · ${t.tokens_per_s ?? "–"} tokens/s`,
+    ` · ${(d.tokens || []).length} tokens · version ${d.version ?? "–"}`);
+  if (d.status !== "done") showError(out, (d.error && d.error.message) || `the request ended ${d.status}`);
 }
 
 // --- wiring -------------------------------------------------------------------------------
@@ -229,6 +377,7 @@ document.getElementById("savekey").onclick = () => {
 };
 document.getElementById("pg-sample").onclick = sample;
 document.getElementById("pg-submit").onclick = ask;
+document.getElementById("pg-model").onchange = selectModel;
 document.getElementById("pg-image-file").onchange = e => readFile(e.target, b => {
   playground.image = b;
   const img = document.getElementById("pg-image");
