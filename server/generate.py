@@ -118,6 +118,7 @@ def submit(
         # A seed chosen now, not by the worker: a request run again writes the same text.
         "seed": params.seed if params.seed is not None else secrets.randbits(63),
         "stop": params.stop,
+        "ignore_eos": params.ignore_eos,
     }
     batching = model.meta.config.batching
     timeout_ms = min(timeout_ms or batching.default_timeout_ms, batching.default_timeout_ms)

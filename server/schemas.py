@@ -62,6 +62,9 @@ class GenerationParameters(BaseModel):
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     seed: StrictInt | None = Field(None, ge=0, le=2**63 - 1)
     stop: list[StopString] = Field(default_factory=list, max_length=8)
+    ignore_eos: StrictBool = Field(
+        False, description="write max_new_tokens tokens whatever the model says (benchmarks)"
+    )
 
 
 class GenerateRequest(Item, GenerationParameters):

@@ -303,6 +303,7 @@ def _request(entry: Entry) -> Request:
         top_p=float(params["top_p"]),
         seed=int(params["seed"]),
         stop=tuple(params["stop"]),
+        ignore_eos=bool(params.get("ignore_eos", False)),
     )
 
 
