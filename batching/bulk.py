@@ -283,6 +283,7 @@ class BatchStore:
         window: int,
         retention_s: int,
         lease_ms: int,
+        generate: bytes = b"",
     ) -> str:
         m, local = bid.model, bid.local
         return self._feed(
@@ -309,6 +310,7 @@ class BatchStore:
                 window,
                 retention_s,
                 lease_ms,
+                generate,
             ],
         ).decode()
 

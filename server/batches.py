@@ -320,6 +320,11 @@ def _row(
 ) -> dict[str, Any]:
     if row_error:
         return _line(line, custom_id, "failed", error=row_error)
+    generation = result.get("generation")
+    if state == "done" and isinstance(generation, list) and row < len(generation):
+        written = dict(generation[row])  # text, tokens, finish_reason, status[, error]
+        body = _line(line, custom_id, written.pop("status"), error=written.pop("error", None))
+        return {**body, **written}
     if state != "done" or not outputs:
         return _line(line, custom_id, state, error=result.get("error"))
     values = {n: a[row] for n, a in outputs.items()}

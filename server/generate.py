@@ -12,7 +12,6 @@ was lost and another runs the request again. ``GET /v1/jobs/<id>/events`` follow
 
 from __future__ import annotations
 
-import secrets
 import threading
 import time
 from collections.abc import Iterator
@@ -23,6 +22,7 @@ from flask import Blueprint, Response, jsonify, request, stream_with_context
 from pydantic import ValidationError
 
 from batching import tokens
+from batching.generation import GenerationParameters, OverCap
 from batching.items import Item, describe_errors
 from batching.registry import PublishedModel
 from batching.tokens import FINAL, TokenEvent
@@ -31,7 +31,7 @@ from server.errors import ApiError, invalid, not_found
 from server.jobs import JobId, job_ids
 from server.jsonio import json_object, read_body
 from server.repository import require_serving
-from server.schemas import GenerateRequest, GenerationParameters
+from server.schemas import GenerateRequest
 from server.services import services
 
 bp = Blueprint("generate", __name__)
@@ -107,19 +107,10 @@ def submit(
     svc = services()
     config = model.meta.config.generation
     assert config is not None
-    cap = config.max_new_tokens
-    if params.max_new_tokens is not None and params.max_new_tokens > cap:
-        raise invalid(f"max_new_tokens must be at most {cap} for model {model.name}")
-    chosen = {
-        "max_new_tokens": params.max_new_tokens or cap,
-        "temperature": params.temperature,
-        "top_k": params.top_k,
-        "top_p": params.top_p,
-        # A seed chosen now, not by the worker: a request run again writes the same text.
-        "seed": params.seed if params.seed is not None else secrets.randbits(63),
-        "stop": params.stop,
-        "ignore_eos": params.ignore_eos,
-    }
+    try:
+        chosen = params.resolved(config.max_new_tokens)
+    except OverCap as exc:
+        raise invalid(str(exc)) from None
     batching = model.meta.config.batching
     timeout_ms = min(timeout_ms or batching.default_timeout_ms, batching.default_timeout_ms)
     started_ms = int(time.time() * 1000)

@@ -59,6 +59,8 @@ def render(job: JobId, view: JobView, model: PublishedModel | None) -> dict[str,
     if "version" in result:
         body["version"] = str(result["version"])
     generation = result.get("generation")
+    if isinstance(generation, list):  # a bulk entry: one per row, each with its status
+        generation = generation[job.row] if job.row < len(generation) else None
     if generation:  # text, tokens, finish_reason
         body.update(generation)
     outputs = result.get("outputs")

@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, model_validator
 
+from batching.generation import GenerateItem
 from batching.items import Item
 from batching.model_config import V2_TO_NUMPY
 
@@ -42,32 +43,7 @@ class Submission(Item):
         return [Item(inputs=self.inputs, text=self.text, image=self.image, audio=self.audio)]
 
 
-StopString = Annotated[str, Field(min_length=1, max_length=64)]
-
-
-class GenerationParameters(BaseModel):
-    """How to write the text: the same fields under ``/v1`` and in Triton's ``parameters``.
-
-    ``temperature`` 0 is greedy; otherwise tokens are sampled (top-k, then top-p) from a
-    generator seeded with ``seed``, so a seed gives the same text whatever else runs
-    beside it. A request without a seed gets one at submission: a request run again
-    after its worker was lost writes the same text.
-    """
-
-    model_config = ConfigDict(extra="forbid")
-
-    max_new_tokens: StrictInt | None = Field(None, ge=1)
-    temperature: float = Field(0.0, ge=0.0, le=100.0)
-    top_k: StrictInt = Field(0, ge=0, le=100_000, description="0: no top-k cut")
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    seed: StrictInt | None = Field(None, ge=0, le=2**63 - 1)
-    stop: list[StopString] = Field(default_factory=list, max_length=8)
-    ignore_eos: StrictBool = Field(
-        False, description="write max_new_tokens tokens whatever the model says (benchmarks)"
-    )
-
-
-class GenerateRequest(Item, GenerationParameters):
+class GenerateRequest(GenerateItem):
     """``POST /v1/models/<m>/generate``: one item (text, image, audio) and how to write."""
 
     stream: StrictBool = False

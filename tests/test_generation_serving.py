@@ -19,7 +19,7 @@ import numpy as np
 import orjson
 import pytest
 from generation_models import random_inputs, tiny_generator
-from helpers import b64
+from helpers import b64, wait_until
 
 from fusionserve.zoo.data import png_bytes
 from worker.generation import Request
@@ -44,8 +44,8 @@ def reference(repository: Path) -> GenerationRuntime:
     return GenerationRuntime(load_model_files(repository / MODEL))
 
 
-def serve(factory, repository: Path, model: str = MODEL):
-    stack = factory(repository, FUSIONSERVE_VISIBILITY_TIMEOUT_S="3")
+def serve(factory, repository: Path, model: str = MODEL, **env: str):
+    stack = factory(repository, FUSIONSERVE_VISIBILITY_TIMEOUT_S="3", **env)
     stack.start_api()
     stack.start_worker(model)
     stack.wait_ready(model, 1)
@@ -53,9 +53,17 @@ def serve(factory, repository: Path, model: str = MODEL):
 
 
 @pytest.fixture(scope="module")
-def stack(module_stack_factory, repository: Path):
-    """Shared by the module's tests; a test that kills a worker builds its own."""
-    return serve(module_stack_factory, repository)
+def stack(module_stack_factory, repository: Path, tmp_path_factory):
+    """Shared by the module's tests (with a bulk worker for batches); a test that kills a
+    worker builds its own."""
+    stack = serve(
+        module_stack_factory,
+        repository,
+        FUSIONSERVE_DATA_DIR=str(tmp_path_factory.mktemp("data")),
+        FUSIONSERVE_SWEEP_INTERVAL_S="0.2",
+    )
+    stack.start_bulk_worker()
+    return stack
 
 
 @pytest.fixture
@@ -318,3 +326,41 @@ def test_triton_generate_endpoints_answer_a_plain_http_client(stack) -> None:
         assert refused.status_code == 422 and "beams" in refused.json()["error"]
         missing = http.post(f"/v2/models/{MODEL}/generate", json={"parameters": {}})
         assert missing.status_code == 422 and isinstance(missing.json()["error"], str)
+
+
+def test_bulk_batch_lines_are_generation_requests(stack, reference) -> None:
+    options = [{}, {"temperature": 0.8, "seed": 3}, {"max_new_tokens": 5}, {"stop": ["a"]}]
+    lines, expected = [], {}
+    for i in range(10):
+        inputs = request_inputs(100 + i)
+        line = {"custom_id": f"g{i}", "inputs": named(inputs), **options[i % len(options)]}
+        lines.append(orjson.dumps(line))
+        expected[f"g{i}"] = alone(reference, inputs, **options[i % len(options)])
+    lines.append(
+        orjson.dumps(
+            {"custom_id": "over", "inputs": named(request_inputs(1)), "max_new_tokens": CAP + 1}
+        )
+    )
+    lines.append(b'{"custom_id": "bad", "inputs": {}, "top_p": 0}')
+    with httpx.Client(base_url=stack.url, timeout=60) as http:
+        created = http.post("/v1/batches", params={"model": MODEL}, content=b"\n".join(lines))
+        assert created.status_code == 202, created.text
+        batch = created.json()["batch_id"]
+
+        def settled() -> bool:
+            return http.get(f"/v1/batches/{batch}").json()["status"] in ("completed", "failed")
+
+        wait_until(settled, "the batch never settled", 120)
+        rows = [
+            orjson.loads(r) for r in http.get(f"/v1/batches/{batch}/results").content.splitlines()
+        ]
+    by_id = {r["custom_id"]: r for r in rows}
+    for custom_id, (ids, text, reason) in expected.items():
+        row = by_id[custom_id]
+        assert row["status"] == "done", row
+        assert (row["tokens"], row["text"], row["finish_reason"]) == (ids, text, reason)
+    assert (
+        by_id["over"]["status"] == "failed"
+        and "max_new_tokens" in by_id["over"]["error"]["message"]
+    )
+    assert by_id["bad"]["status"] == "failed" and "top_p" in by_id["bad"]["error"]["message"]

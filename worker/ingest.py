@@ -28,6 +28,7 @@ from pydantic import ValidationError
 from batching import assembly
 from batching.bulk import BatchId, BatchStore, Chunk, read_lines
 from batching.connection import client_from_url
+from batching.generation import GenerateItem, OverCap
 from batching.inputs import InvalidInput, item_tensors, pad_values
 from batching.items import Item, describe_errors
 from batching.registry import ModelRegistry, PublishedModel
@@ -51,6 +52,8 @@ class Line:
     custom_id: str | None
     tensors: dict[str, np.ndarray] | None
     error: str | None
+    generate: dict[str, Any] | None = None
+    """A generation model's line: its resolved parameters (batching/generation.py)."""
 
 
 def ingest_batch(batch_id: str) -> str:
@@ -106,6 +109,9 @@ class Ingest:
     ) -> str:
         batching = model.meta.config.batching
         cap = min(batching.bulk_batch_size, batching.max_batch_size)
+        generation = model.meta.config.generation
+        if generation is not None:  # a worker runs a bulk entry's rows side by side
+            cap = min(cap, generation.max_active)
         at_line = int(fields["fed_line"])
         chunk, rows = Chunk(), []
         for number, end_byte, raw in lines:
@@ -114,7 +120,7 @@ class Ingest:
                 chunk.errors.append((line.number, line.custom_id, line.error))
             else:
                 chunk.rows.append((line.number, line.custom_id))
-                rows.append(line.tensors)
+                rows.append(line)
             if chunk.items == cap:
                 outcome = self.send(fields, model, at_line, line.number, line.end_byte, chunk, rows)
                 if outcome != "fed":
@@ -132,9 +138,10 @@ class Ingest:
         to_line: int,
         to_byte: int,
         chunk: Chunk,
-        rows: list[dict[str, np.ndarray]],
+        rows: list[Line],
     ) -> str:
-        tensors = assembly.stack(rows, pad_values(model)) if rows else None
+        tensors = assembly.stack([r.tensors for r in rows], pad_values(model)) if rows else None
+        generate = orjson.dumps([r.generate for r in rows]) if rows and rows[0].generate else b""
         while True:
             outcome = self.store.feed(
                 self.bid,
@@ -149,6 +156,7 @@ class Ingest:
                 window=self.settings.bulk_window,
                 retention_s=int(fields["retention_s"]),
                 lease_ms=self.lease_ms,
+                generate=generate,
             )
             if outcome == "full":
                 if self.store.lease(self.bid, self.owner, self.lease_ms) != "held":
@@ -172,10 +180,18 @@ def parse_line(number: int, end_byte: int, raw: bytes, model: PublishedModel) ->
     if custom_id is not None and (not isinstance(custom_id, str) or len(custom_id) > MAX_CUSTOM_ID):
         message = f"line {number}: custom_id must be a string of at most {MAX_CUSTOM_ID} chars"
         return Line(number, end_byte, None, None, message)
+    generation = model.meta.config.generation
     try:
-        tensors = item_tensors(Item.model_validate(body), model)
+        if generation is None:
+            return Line(
+                number, end_byte, custom_id, item_tensors(Item.model_validate(body), model), None
+            )
+        item = GenerateItem.model_validate(body)
+        params = item.resolved(generation.max_new_tokens)
+        return Line(number, end_byte, custom_id, item_tensors(item, model), None, params)
     except ValidationError as exc:
         return Line(number, end_byte, custom_id, None, f"line {number}: {describe_errors(exc)}")
     except InvalidInput as exc:
         return Line(number, end_byte, custom_id, None, f"line {number}: {exc.message}")
-    return Line(number, end_byte, custom_id, tensors, None)
+    except OverCap as exc:
+        return Line(number, end_byte, custom_id, None, f"line {number}: {exc}")

@@ -13,6 +13,7 @@
 -- ARGV[9]   job record prefix     ARGV[10]  bulk level
 -- ARGV[11]  deadline, unix ms     ARGV[12]  most entries the bulk lane may hold
 -- ARGV[13]  retention, seconds    ARGV[14]  lease length, ms (renewed here)
+-- ARGV[15]  a generation model's per-row parameters (JSON list, the entry's 'g'), or ''
 -- returns   'fed', 'full' (the lane is at its window: try again soon), 'stopped'
 --           (cancelled or failed), 'lost' (another owner holds the lease) or 'stale'
 --           (the offset moved: this chunk was fed already)
@@ -39,8 +40,12 @@ local now = t[1] * 1000 + math.floor(t[2] / 1000)
 local seq = b[4]
 redis.call('HSET', KEYS[2], seq, ARGV[7])
 if rows > 0 then
-  local id = redis.call('XADD', KEYS[4], '*', 'n', rows, 'd', ARGV[11], 'v', '0', 'b', KEYS[1],
-    'x', ARGV[8])
+  local fields = {'n', rows, 'd', ARGV[11], 'v', '0', 'b', KEYS[1], 'x', ARGV[8]}
+  if ARGV[15] ~= '' then
+    table.insert(fields, 'g')
+    table.insert(fields, ARGV[15])
+  end
+  local id = redis.call('XADD', KEYS[4], '*', unpack(fields))
   local ref = id .. '-' .. ARGV[10]
   local record = ARGV[9] .. ref
   redis.call('HSET', record, 'st', 'queued', 'n', rows, 'pr', ARGV[10], 'bt', KEYS[1], 'tt', ARGV[13])

@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
@@ -54,13 +54,30 @@ REASON_STATE = {"stop": "done", "length": "done", "cancelled": "cancelled", "dea
 
 @dataclass
 class Running:
-    """One admitted entry while it generates."""
+    """One sequence while it generates: an online entry, or one row of a bulk entry."""
 
     entry: Entry
     pulled_ms: float
+    row: int | None = None
+    """The row of a bulk entry (its tokens are not streamed); None for an online entry."""
     tokens: list[int] = field(default_factory=list)
     text: list[str] = field(default_factory=list)
     first_token_ms: float | None = None
+
+    @property
+    def key(self) -> str:
+        return self.entry.ref if self.row is None else f"{self.entry.ref}#{self.row}"
+
+
+@dataclass
+class BulkEntry:
+    """A bulk entry whose rows run as sequences of their own; finished once all have."""
+
+    entry: Entry
+    results: list[dict[str, Any] | None]
+
+    def done(self) -> bool:
+        return all(r is not None for r in self.results)
 
 
 class GenerationLoop:
@@ -81,6 +98,9 @@ class GenerationLoop:
         self.settings = settings
         self.stop = stop
         self.running: dict[str, Running] = {}
+        self.backlog: list[tuple[Running, Request]] = []
+        """Rows of bulk entries pulled but not yet admitted: online requests go first."""
+        self.bulk: dict[str, BulkEntry] = {}
         self.batches = 0
         """Decoder steps run (what ``batches`` counts for a classifier's loop)."""
         self.entries_done = 0
@@ -95,7 +115,7 @@ class GenerationLoop:
     def run(self) -> None:
         self.broker.ensure_groups(self.model, self.batching.all_levels)
         log.info("worker %s generating with %s", self.worker_id, self.model)
-        while not (self.stop.is_set() and not self.running):
+        while not (self.stop.is_set() and not self.running and not self.backlog):
             try:
                 self.turn()
             except Exception:  # a Redis hiccup or a bug must not kill the worker thread
@@ -114,7 +134,7 @@ class GenerationLoop:
             self.hold()
             if not self.stop.is_set():
                 reclaimed = self.reclaim(engine.free_slots)
-        if not self.stop.is_set() and engine.free_slots > 0:
+        if engine.free_slots > 0:
             self.admit(runtime, reclaimed)
         if not engine.active:
             return
@@ -131,20 +151,49 @@ class GenerationLoop:
         self.finish([e for e in finished if e is not None], runtime)
 
     def admit(self, runtime: GenerationRuntime, reclaimed: list[Entry]) -> None:
-        """Pull as many entries as there are free slots; admit the runnable ones."""
-        room = runtime.engine.free_slots - len(reclaimed)
+        """Fill the free slots: online entries first (pulled, or reclaimed from a dead
+        worker), then rows of bulk entries; one bulk entry is pulled only when no online
+        work came and no bulk row waits. On stop, only bulk rows already held are admitted."""
+        engine = runtime.engine
         entries = list(reclaimed)
-        if room > 0:
-            block = None if self.running or reclaimed else IDLE_BLOCK_MS
+        room = engine.free_slots - len(entries)
+        if room > 0 and not self.stop.is_set():
+            idle = not (self.running or self.backlog or entries)
+            block = IDLE_BLOCK_MS if idle else None
             levels = self.batching.online_levels
-            pulled = self.broker.pull(self.model, self.worker_id, levels, room, block)
-            entries += pulled[:room]  # pull counts per level
-        if not entries:
+            entries += self.broker.pull(self.model, self.worker_id, levels, room, block)[:room]
+            if not entries and not self.backlog:
+                bulk = [self.batching.bulk_level]
+                entries += self.broker.pull(self.model, self.worker_id, bulk, 1, None)
+        online = self.start(runtime, entries)
+        self.announce_restarts([r for r, _ in online])
+        taken = online + self.backlog[: max(0, engine.free_slots - len(online))]
+        self.backlog = self.backlog[len(taken) - len(online) :]
+        if not taken:
             return
+        try:
+            engine.admit([request for _, request in taken])
+        except Exception as exc:  # a bad input the encoder refuses fails its batch alone
+            log.warning("%s: encoder refused %d requests: %s", self.model, len(taken), exc)
+            for running, _ in taken:
+                self.running[running.key] = running
+            error = error_result("model_error", str(exc))
+            self.finish([TokenEvent(r.key, None, "", "error") for r, _ in taken], runtime, error)
+            return
+        for running, _ in taken:
+            self.running[running.key] = running
+
+    def start(
+        self, runtime: GenerationRuntime, entries: list[Entry]
+    ) -> list[tuple[Running, Request]]:
+        """Mark pulled entries running; finish at once those that must not run. Returns the
+        online sequences to admit; a bulk entry's rows join the backlog."""
+        if not entries:
+            return []
         pulled = now_ms()
         states = self.broker.start(entries, self.worker_id)
         refused: list[Finished] = []
-        admitted: list[tuple[Entry, Request]] = []
+        online: list[tuple[Running, Request]] = []
         for entry, state in zip(entries, states, strict=True):
             if not runnable(state):
                 refused.append(Finished(entry, "failed", {}))  # a duplicate: only acknowledged
@@ -153,42 +202,35 @@ class GenerationLoop:
                 refused.append(Finished(entry, "expired", error_result("expired", message)))
             else:
                 try:
-                    admitted.append((entry, _request(entry)))
+                    requests = _requests(entry)
                 except (ValueError, KeyError, TypeError) as exc:
                     refused.append(Finished(entry, "failed", error_result("bad_entry", str(exc))))
+                    continue
+                if entry.batch is None:
+                    online.append((Running(entry, pulled), requests[0]))
+                else:
+                    self.bulk[entry.ref] = BulkEntry(entry, [None] * len(requests))
+                    rows = [Running(entry, pulled, row=i) for i in range(len(requests))]
+                    self.backlog += [
+                        (r, replace(q, key=r.key)) for r, q in zip(rows, requests, strict=True)
+                    ]
         if refused:
             self.broker.complete(refused, self.settings.result_ttl_s, version=runtime.version)
-        if not admitted:
+        return online
+
+    def announce_restarts(self, online: list[Running]) -> None:
+        """A request whose stream already has events was begun by a lost worker: say so."""
+        if not online:
             return
         with self.redis.pipeline(transaction=False) as pipe:
-            for entry, _ in admitted:
-                pipe.exists(keys.tokens(self.model, entry.ref))
+            for running in online:
+                pipe.exists(keys.tokens(self.model, running.key))
             begun = pipe.execute()
-        restarts = [entry for (entry, _), seen in zip(admitted, begun, strict=True) if seen]
+        restarts = [r.key for r, seen in zip(online, begun, strict=True) if seen]
         if restarts:
-            self._append(
-                {
-                    e.ref: [
-                        ("restart", {"reason": "the worker running it was lost; it runs again"})
-                    ]
-                    for e in restarts
-                }
-            )
+            reason = {"reason": "the worker running it was lost; it runs again"}
+            self._append({key: [("restart", reason)] for key in restarts})
             log.warning("%s: running %d lost requests again", self.model, len(restarts))
-        try:
-            runtime.engine.admit([request for _, request in admitted])
-        except Exception as exc:  # a bad input the encoder refuses fails its batch alone
-            log.warning("%s: encoder refused %d requests: %s", self.model, len(admitted), exc)
-            failed = [
-                Finished(entry, "failed", error_result("model_error", str(exc)))
-                for entry, _ in admitted
-            ]
-            self.broker.complete(failed, self.settings.result_ttl_s, version=runtime.version)
-            error = error_result("model_error", str(exc))["error"]
-            self._append({entry.ref: [("error", error)] for entry, _ in admitted})
-            return
-        for entry, _ in admitted:
-            self.running[entry.ref] = Running(entry, pulled)
 
     def write(self, events: list[TokenEvent]) -> set[str]:
         """Append this step's tokens; return the running requests asked to stop."""
@@ -201,6 +243,8 @@ class GenerationLoop:
             if event.token_id is not None:
                 running.tokens.append(event.token_id)
             running.text.append(event.piece)
+            if running.row is not None:
+                continue  # a bulk row: its results are read from the batch, not streamed
             index = len(running.tokens) - 1
             batch[event.key] = [
                 ("token", {"index": index, "id": event.token_id, "text": event.piece})
@@ -224,8 +268,14 @@ class GenerationLoop:
             return set()
         return {ref.decode() for ref in replies[-1]}
 
-    def finish(self, events: list[TokenEvent], runtime: GenerationRuntime) -> None:
-        """Complete retired sequences (one call), then append each one's ``done`` event."""
+    def finish(
+        self,
+        events: list[TokenEvent],
+        runtime: GenerationRuntime,
+        error: dict[str, Any] | None = None,
+    ) -> None:
+        """Complete retired sequences (one call), then append each one's ``done`` event.
+        A bulk entry completes once its last row has retired."""
         if not events:
             return
         finished: list[Finished] = []
@@ -236,10 +286,19 @@ class GenerationLoop:
             if event.token_id is None and event.piece:  # a cancel flushed held-back text
                 running.text.append(event.piece)
             reason = event.finish_reason or "stop"
-            state = REASON_STATE.get(reason, "done")
+            state = "failed" if error else REASON_STATE.get(reason, "done")
             result = _result(running, reason, now, runtime.version, self.worker_id)
-            if state == "expired":
+            if error:
+                result.update(error)
+            elif state == "expired":
                 result.update(error_result("expired", "the request's deadline passed while it ran"))
+            if running.row is not None:
+                bulk = self.bulk[running.entry.ref]
+                bulk.results[running.row] = {"status": state, **result}
+                if bulk.done():
+                    del self.bulk[running.entry.ref]
+                    finished.append(Finished(bulk.entry, "done", _bulk_result(bulk.results)))
+                continue
             finished.append(Finished(running.entry, state, result))
             body = {"status": state, **result["generation"], "timings": result["timings"]}
             body["version"] = str(runtime.version)
@@ -247,8 +306,9 @@ class GenerationLoop:
                 body["error"] = result["error"]
             done_events[event.key] = [("done", body)]
         self.broker.complete(finished, self.settings.result_ttl_s, version=runtime.version)
-        self._append(done_events)
-        self.redis.zrem(keys.stopping(self.model), *done_events)
+        if done_events:
+            self._append(done_events)
+            self.redis.zrem(keys.stopping(self.model), *done_events)
         self.entries_done += len(finished)
 
     def reclaim(self, room: int) -> list[Entry]:
@@ -280,31 +340,56 @@ class GenerationLoop:
 
     def hold(self) -> None:
         """Keep what runs here from being reclaimed; drop stop requests nobody acted on."""
-        by_level: dict[int, list[str]] = {}
-        for running in self.running.values():
-            by_level.setdefault(running.entry.priority, []).append(running.entry.id)
+        by_level: dict[int, set[str]] = {}
+        held = [r.entry for r in self.running.values()] + [b.entry for b in self.bulk.values()]
+        for entry in held:
+            by_level.setdefault(entry.priority, set()).add(entry.id)
         for level, ids in by_level.items():
-            self.broker.hold(self.model, level, self.worker_id, ids)
+            self.broker.hold(self.model, level, self.worker_id, sorted(ids))
         self.redis.zremrangebyscore(
             keys.stopping(self.model), 0, time.time() - STOP_REQUESTS_KEEP_S
         )
 
 
-def _request(entry: Entry) -> Request:
+def _requests(entry: Entry) -> list[Request]:
+    """One request per row: an online entry has one; a bulk entry's 'g' lists each row's."""
     if entry.generate is None:
         raise ValueError("not a generation request (POST /v1/models/<m>/generate)")
     params = orjson.loads(entry.generate)
-    return Request(
-        key=entry.ref,
-        inputs=entry.inputs,
-        max_new_tokens=int(params["max_new_tokens"]),
-        temperature=float(params["temperature"]),
-        top_k=int(params["top_k"]),
-        top_p=float(params["top_p"]),
-        seed=int(params["seed"]),
-        stop=tuple(params["stop"]),
-        ignore_eos=bool(params.get("ignore_eos", False)),
-    )
+    rows = params if isinstance(params, list) else [params]
+    if len(rows) != entry.rows:
+        raise ValueError(f"{len(rows)} rows of parameters for {entry.rows} rows of inputs")
+    inputs = entry.inputs
+    return [
+        Request(
+            key=entry.ref,
+            inputs={name: array[i : i + 1] for name, array in inputs.items()},
+            max_new_tokens=int(p["max_new_tokens"]),
+            temperature=float(p["temperature"]),
+            top_k=int(p["top_k"]),
+            top_p=float(p["top_p"]),
+            seed=int(p["seed"]),
+            stop=tuple(p["stop"]),
+            ignore_eos=bool(p.get("ignore_eos", False)),
+        )
+        for i, p in enumerate(rows)
+    ]
+
+
+def _bulk_result(rows: list[dict[str, Any] | None]) -> dict[str, Any]:
+    """A bulk entry's result: each row's generation (and error), read line by line."""
+    return {
+        "generation": [
+            {
+                **r["generation"],
+                "status": r["status"],
+                **({"error": r["error"]} if "error" in r else {}),
+            }
+            for r in rows
+            if r is not None
+        ],
+        "version": next(r["version"] for r in rows if r is not None),
+    }
 
 
 def _result(running: Running, reason: str, now: float, version: int, worker: str) -> dict[str, Any]:
