@@ -266,54 +266,65 @@ def cut(response: httpx.Response) -> None:
     sock.shutdown(socket.SHUT_RDWR)
 
 
+class Wire:
+    """httpx hooks: the stream requests sent, each with how many events had been read by
+    then, and the responses (to cut one)."""
+
+    def __init__(self) -> None:
+        self.events: list[GenerationEvent] = []
+        self.sent: list[tuple[httpx.Request, int]] = []
+        self.answered: list[httpx.Response] = []
+
+    def request(self, request: httpx.Request) -> None:
+        if request.url.path.endswith(("/generate", "/events")):
+            self.sent.append((request, len(self.events)))
+
+    def read(self, event: GenerationEvent, stack) -> None:
+        """Keep ``event``; after the second, drop the connection mid-sequence."""
+        self.events.append(event)
+        if len(self.events) == 2:
+            with held(stack):  # the stream cannot end while the connection drops
+                assert status(stack.url, event.job_id) == "running"
+                cut(self.answered[-1])
+
+    def check_resumed(self) -> None:
+        """Submitted once, resumed once, after the last event read (those that were already
+        on their way when the connection dropped are read too)."""
+        (post, _), (get, read) = self.sent
+        assert (post.method, get.method) == ("POST", "GET")
+        assert get.url.path == f"/v1/jobs/{self.events[0].job_id}/events"
+        assert read >= 2 and get.headers["Last-Event-ID"] == self.events[read - 1].id
+
+
 def test_a_dropped_stream_resumes_after_the_last_event_read(stack) -> None:
-    sent: list[httpx.Request] = []
-    answered: list[httpx.Response] = []
-    events: list[GenerationEvent] = []
-    hooks = {"request": [sent.append], "response": [answered.append]}
+    wire = Wire()
+    hooks = {"request": [wire.request], "response": [wire.answered.append]}
     with Client(stack.url, event_hooks=hooks) as fs:
         for event in fs.stream(MODEL, inputs=named(4), max_new_tokens=CAP, **SAMPLED):
-            events.append(event)
-            if len(events) == 2:
-                with held(stack):  # the stream cannot end while the connection drops
-                    assert status(stack.url, event.job_id) == "running"
-                    cut(answered[-1])
-    check_stream(
-        events, over_http(stack.url, {"inputs": named(4), "max_new_tokens": CAP, **SAMPLED})
-    )
-    streams = [r for r in sent if r.url.path.endswith(("/generate", "/events"))]
-    assert [r.method for r in streams] == ["POST", "GET"]  # submitted once, resumed once
-    assert streams[1].url.path == f"/v1/jobs/{events[0].job_id}/events"
-    assert streams[1].headers["Last-Event-ID"] == events[1].id
+            wire.read(event, stack)
+    body = {"inputs": named(4), "max_new_tokens": CAP, **SAMPLED}
+    check_stream(wire.events, over_http(stack.url, body))
+    wire.check_resumed()
 
 
 def test_an_async_dropped_stream_resumes_after_the_last_event_read(stack) -> None:
-    sent: list[httpx.Request] = []
-    answered: list[httpx.Response] = []
+    wire = Wire()
 
     async def on_request(request: httpx.Request) -> None:
-        sent.append(request)
+        wire.request(request)
 
     async def on_response(response: httpx.Response) -> None:
-        answered.append(response)
+        wire.answered.append(response)
 
-    async def main() -> list[GenerationEvent]:
-        events: list[GenerationEvent] = []
+    async def main() -> None:
         hooks = {"request": [on_request], "response": [on_response]}
         async with AsyncClient(stack.url, event_hooks=hooks) as fs:
             async for event in fs.stream(MODEL, inputs=named(5), max_new_tokens=CAP):
-                events.append(event)
-                if len(events) == 2:
-                    with held(stack):
-                        assert status(stack.url, event.job_id) == "running"
-                        cut(answered[-1])
-        return events
+                wire.read(event, stack)
 
-    events = asyncio.run(main())
-    check_stream(events, over_http(stack.url, {"inputs": named(5), "max_new_tokens": CAP}))
-    streams = [r for r in sent if r.url.path.endswith(("/generate", "/events"))]
-    assert [r.method for r in streams] == ["POST", "GET"]
-    assert streams[1].headers["Last-Event-ID"] == events[1].id
+    asyncio.run(main())
+    check_stream(wire.events, over_http(stack.url, {"inputs": named(5), "max_new_tokens": CAP}))
+    wire.check_resumed()
 
 
 @pytest.mark.parametrize(
