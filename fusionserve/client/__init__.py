@@ -3,13 +3,16 @@
 >>> with Client("http://127.0.0.1:8000") as fs:
 ...     job = fs.submit("demo", text="is there a red square?", image=png_bytes)
 ...     print(fs.wait(job, timeout=10).top_label)
+...     print(text_of(fs.stream("captioner", image=png_bytes)))  # a generative model
 """
 
+from fusionserve.client._generate import text_of
 from fusionserve.client.aio import AsyncClient
 from fusionserve.client.errors import (
     BadRequest,
     ConnectionFailed,
     FusionServeError,
+    GenerationFailed,
     InvalidInput,
     NotFound,
     PayloadTooLarge,
@@ -19,7 +22,16 @@ from fusionserve.client.errors import (
     WaitTimeout,
 )
 from fusionserve.client.sync import Client
-from fusionserve.client.types import JobError, JobResult, ModelInfo, TensorSpec, Timings
+from fusionserve.client.types import (
+    Generation,
+    GenerationEvent,
+    GenerationTimings,
+    JobError,
+    JobResult,
+    ModelInfo,
+    TensorSpec,
+    Timings,
+)
 
 __all__ = [
     "AsyncClient",
@@ -27,6 +39,10 @@ __all__ = [
     "Client",
     "ConnectionFailed",
     "FusionServeError",
+    "Generation",
+    "GenerationEvent",
+    "GenerationFailed",
+    "GenerationTimings",
     "InvalidInput",
     "JobError",
     "JobResult",
@@ -39,4 +55,5 @@ __all__ = [
     "Timings",
     "Unavailable",
     "WaitTimeout",
+    "text_of",
 ]

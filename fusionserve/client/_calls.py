@@ -6,7 +6,7 @@ The sync and async clients share these and differ only in how they send and slee
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Generic, TypeVar
 from urllib.parse import quote
 
@@ -15,10 +15,11 @@ import numpy as np
 import orjson
 
 from fusionserve.client import _codec
-from fusionserve.client.types import JobResult, ModelInfo
+from fusionserve.client.types import Generation, JobResult, ModelInfo
 
 T = TypeVar("T")
 JSON_HEADERS = {"Content-Type": "application/json"}
+SSE_HEADERS = {"Accept": "text/event-stream"}
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,46 @@ def result(job_id: str, wait: float | None, timeout: float) -> Call[JobResult]:
         params=params,
         timeout=read_timeout,
     )
+
+
+def generate(model: str, body: dict[str, Any]) -> Call[str]:
+    """``POST /v1/models/<m>/generate``: queue a generation job; its id."""
+    return Call(
+        "POST",
+        f"/v1/models/{_seg(model)}/generate",
+        lambda r: _json(r)["job_id"],
+        content=_codec.encode_json(body),
+        idempotent=False,
+    )
+
+
+def generate_stream(model: str, body: dict[str, Any]) -> Call[str | None]:
+    """The same, answered with the request's events (read as a stream, not parsed here);
+    the parsed answer is the job id, what a dropped stream resumes from."""
+    return Call(
+        "POST",
+        f"/v1/models/{_seg(model)}/generate",
+        lambda r: r.headers.get("X-Job-Id"),
+        content=_codec.encode_json({**body, "stream": True}),
+        idempotent=False,
+        extra_headers=SSE_HEADERS,
+    )
+
+
+def job_events(job_id: str, after: str) -> Call[str | None]:
+    """``GET /v1/jobs/<id>/events``: a generation's events after the stream id ``after``."""
+    return Call(
+        "GET",
+        f"/v1/jobs/{_seg(job_id)}/events",
+        lambda r: job_id,
+        extra_headers={**SSE_HEADERS, "Last-Event-ID": after},
+    )
+
+
+def generation(job_id: str, wait: float | None, timeout: float) -> Call[Generation]:
+    """``GET /v1/jobs/<id>`` of a generation job, read as a :class:`Generation`."""
+    poll = result(job_id, wait, timeout)
+    return replace(poll, parse=lambda r: Generation.from_json(_json(r)))  # type: ignore[arg-type]
 
 
 def models() -> Call[list[ModelInfo]]:

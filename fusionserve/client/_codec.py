@@ -48,7 +48,7 @@ def encode_json(body: Any) -> bytes:
 
 
 def image_field(image: bytes | bytearray | memoryview | str) -> str:
-    """A PNG/JPEG as the base64 text the API wants; a ``str`` is taken as base64 already."""
+    """A PNG/JPEG (or WAV) as the base64 text the API wants; a ``str`` is base64 already."""
     if isinstance(image, str):
         return image
     return base64.b64encode(bytes(image)).decode()
@@ -58,8 +58,9 @@ def make_item(
     inputs: Mapping[str, Any] | None = None,
     text: str | None = None,
     image: bytes | str | None = None,
+    audio: bytes | str | None = None,
 ) -> dict[str, Any]:
-    """One ``/v1`` item: named tensors (arrays or nested lists), or raw text and image."""
+    """One ``/v1`` item: named tensors (arrays or nested lists), or raw text, image, audio."""
     item: dict[str, Any] = {}
     if inputs is not None:
         item["inputs"] = dict(inputs)
@@ -67,6 +68,8 @@ def make_item(
         item["text"] = text
     if image is not None:
         item["image"] = image_field(image)
+    if audio is not None:
+        item["audio"] = image_field(audio)
     return item
 
 
@@ -89,6 +92,29 @@ def v1_body(
         body["priority"] = priority
     if timeout_ms is not None:
         body["timeout_ms"] = timeout_ms
+    return body
+
+
+def generate_body(
+    item: dict[str, Any],
+    *,
+    max_new_tokens: int | None,
+    temperature: float,
+    top_k: int,
+    top_p: float,
+    seed: int | None,
+    stop: Sequence[str],
+    priority: int | None,
+    timeout_ms: int | None,
+) -> dict[str, Any]:
+    """The ``POST /v1/models/<m>/generate`` body, less ``stream`` (the server checks it all)."""
+    body = v1_body(item, priority, timeout_ms)
+    stop = [stop] if isinstance(stop, str) else list(stop)  # one stop string, not its letters
+    body.update(temperature=temperature, top_k=top_k, top_p=top_p, stop=stop)
+    if max_new_tokens is not None:
+        body["max_new_tokens"] = max_new_tokens
+    if seed is not None:
+        body["seed"] = seed
     return body
 
 

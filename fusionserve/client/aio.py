@@ -6,6 +6,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -13,12 +14,13 @@ import httpx
 import numpy as np
 import orjson
 
-from fusionserve.client import _base, _calls, _codec
+from fusionserve.client import _base, _calls, _codec, _generate
 from fusionserve.client._calls import Call
 from fusionserve.client.errors import WaitTimeout, error_from_response
-from fusionserve.client.types import JobResult, ModelInfo
+from fusionserve.client.types import Generation, GenerationEvent, JobResult, ModelInfo
 
 T = TypeVar("T")
+F = TypeVar("F", JobResult, Generation)
 
 
 class AsyncClient:
@@ -105,14 +107,102 @@ class AsyncClient:
     async def wait(
         self, job_id: str, timeout: float = 60.0, *, poll: float = _base.WAIT_CHUNK_S
     ) -> JobResult:
+        return await self._poll(partial(_calls.result, job_id, timeout=self.timeout), timeout, poll)
+
+    async def _poll(self, call: Callable[[float], Call[F]], timeout: float, poll: float) -> F:
+        """Long-poll ``call(wait)`` until its answer is final, for at most ``timeout`` s."""
         deadline = time.monotonic() + timeout
         while True:
             remaining = deadline - time.monotonic()
-            job = await self.result(job_id, wait=max(0.0, min(poll, remaining)))
+            job = await self.request(call(max(0.0, min(poll, remaining))))
             if job.done:
                 return job
             if deadline - time.monotonic() <= 0:
-                raise WaitTimeout(job_id, timeout, job)
+                raise WaitTimeout(job.job_id, timeout, job)
+
+    async def generate(
+        self,
+        model: str,
+        text: str | None = None,
+        image: bytes | str | None = None,
+        audio: bytes | str | None = None,
+        inputs: Mapping[str, Any] | None = None,
+        *,
+        max_new_tokens: int | None = None,
+        temperature: float = 0.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        stop: Sequence[str] = (),
+        priority: int | None = None,
+        timeout_ms: int | None = None,
+        wait: float = 60.0,
+    ) -> Generation:
+        """As :meth:`Client.generate <fusionserve.client.Client.generate>`, awaited."""
+        body = _codec.generate_body(
+            _codec.make_item(inputs, text, image, audio),
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            seed=seed,
+            stop=stop,
+            priority=priority,
+            timeout_ms=timeout_ms,
+        )
+        job_id = await self.request(_calls.generate(model, body))
+        poll = partial(_calls.generation, job_id, timeout=self.timeout)
+        return _generate.ended(await self._poll(poll, wait, _base.WAIT_CHUNK_S))
+
+    async def stream(
+        self,
+        model: str,
+        text: str | None = None,
+        image: bytes | str | None = None,
+        audio: bytes | str | None = None,
+        inputs: Mapping[str, Any] | None = None,
+        *,
+        max_new_tokens: int | None = None,
+        temperature: float = 0.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        stop: Sequence[str] = (),
+        priority: int | None = None,
+        timeout_ms: int | None = None,
+    ) -> AsyncIterator[GenerationEvent]:
+        """As :meth:`Client.stream <fusionserve.client.Client.stream>`: ``async for`` its events."""
+        body = _codec.generate_body(
+            _codec.make_item(inputs, text, image, audio),
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            seed=seed,
+            stop=stop,
+            priority=priority,
+            timeout_ms=timeout_ms,
+        )
+        follow = _generate.Follower(model, body, self.retry)
+        while True:
+            call = follow.open()
+            try:
+                kwargs = _base.request_kwargs(call)
+                async with self._http.stream(call.method, call.path, **kwargs) as response:
+                    if response.status_code >= 400:
+                        await response.aread()
+                    delay = follow.answered(call, response)
+                    if delay is None:
+                        async for line in response.aiter_lines():
+                            event = follow.feed(line)
+                            if event is not None:
+                                yield event
+                            if follow.finished:
+                                return
+                        delay = follow.dropped()
+            except httpx.TransportError as exc:
+                delay = follow.dropped(exc)
+            await asyncio.sleep(delay)
 
     async def infer(
         self,

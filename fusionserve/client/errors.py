@@ -80,6 +80,16 @@ class RequestTimeout(FusionServeError):
     """No HTTP answer within the client's timeout."""
 
 
+class GenerationFailed(FusionServeError):
+    """A generation that failed after it was accepted: its stream's ``error`` event, or its
+    job ended ``failed``. ``code`` e.g. ``model_error`` (the model refused the input) or
+    ``timeout`` (no result by the request's deadline); ``job_id`` names the job."""
+
+    def __init__(self, code: str, message: str, job_id: str | None) -> None:
+        super().__init__(None, code, message)
+        self.job_id = job_id
+
+
 class WaitTimeout(TimeoutError):
     """:meth:`Client.wait` gave up before the job was final; ``last`` is what it last saw."""
 

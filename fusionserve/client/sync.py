@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -12,12 +13,13 @@ import httpx
 import numpy as np
 import orjson
 
-from fusionserve.client import _base, _calls, _codec
+from fusionserve.client import _base, _calls, _codec, _generate
 from fusionserve.client._calls import Call
 from fusionserve.client.errors import WaitTimeout, error_from_response
-from fusionserve.client.types import JobResult, ModelInfo
+from fusionserve.client.types import Generation, GenerationEvent, JobResult, ModelInfo
 
 T = TypeVar("T")
+F = TypeVar("F", JobResult, Generation)
 
 
 class Client:
@@ -113,14 +115,116 @@ class Client:
         Each request waits at most ``poll`` seconds: keep it at or below the server's
         ``FUSIONSERVE_MAX_WAIT_S`` (60 by default), which refuses longer waits with a 400.
         """
+        return self._poll(partial(_calls.result, job_id, timeout=self.timeout), timeout, poll)
+
+    def _poll(self, call: Callable[[float], Call[F]], timeout: float, poll: float) -> F:
+        """Long-poll ``call(wait)`` until its answer is final, for at most ``timeout`` s."""
         deadline = time.monotonic() + timeout
         while True:
             remaining = deadline - time.monotonic()
-            job = self.result(job_id, wait=max(0.0, min(poll, remaining)))
+            job = self.request(call(max(0.0, min(poll, remaining))))
             if job.done:
                 return job
             if deadline - time.monotonic() <= 0:
-                raise WaitTimeout(job_id, timeout, job)
+                raise WaitTimeout(job.job_id, timeout, job)
+
+    def generate(
+        self,
+        model: str,
+        text: str | None = None,
+        image: bytes | str | None = None,
+        audio: bytes | str | None = None,
+        inputs: Mapping[str, Any] | None = None,
+        *,
+        max_new_tokens: int | None = None,
+        temperature: float = 0.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        stop: Sequence[str] = (),
+        priority: int | None = None,
+        timeout_ms: int | None = None,
+        wait: float = 60.0,
+    ) -> Generation:
+        """Write text: queue a generation job, then long-poll it for up to ``wait`` seconds.
+
+        ``temperature`` 0 is greedy; otherwise tokens are sampled (``top_k``, then
+        ``top_p``) from ``seed``'s generator. Returns the final :class:`Generation` (a
+        cancelled or expired one keeps its text so far); raises :class:`InvalidInput` for
+        a parameter the server refuses, :class:`GenerationFailed` if the request failed,
+        :class:`WaitTimeout` if it is not final within ``wait``.
+        """
+        body = _codec.generate_body(
+            _codec.make_item(inputs, text, image, audio),
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            seed=seed,
+            stop=stop,
+            priority=priority,
+            timeout_ms=timeout_ms,
+        )
+        job_id = self.request(_calls.generate(model, body))
+        poll = partial(_calls.generation, job_id, timeout=self.timeout)
+        return _generate.ended(self._poll(poll, wait, _base.WAIT_CHUNK_S))
+
+    def stream(
+        self,
+        model: str,
+        text: str | None = None,
+        image: bytes | str | None = None,
+        audio: bytes | str | None = None,
+        inputs: Mapping[str, Any] | None = None,
+        *,
+        max_new_tokens: int | None = None,
+        temperature: float = 0.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        stop: Sequence[str] = (),
+        priority: int | None = None,
+        timeout_ms: int | None = None,
+    ) -> Iterator[GenerationEvent]:
+        """Write text and yield its events as they come (Server-Sent Events).
+
+        ``token`` events carry the pieces; ``restart`` says to drop the pieces so far;
+        the last, ``done``, carries the whole :class:`Generation` (:func:`text_of` joins
+        them). A dropped connection is resumed after the last event read, so each event
+        comes once. Raises as :meth:`generate` does (``GenerationFailed`` for an
+        ``error`` event), and :class:`ConnectionFailed` once the retries are spent.
+        """
+        body = _codec.generate_body(
+            _codec.make_item(inputs, text, image, audio),
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            seed=seed,
+            stop=stop,
+            priority=priority,
+            timeout_ms=timeout_ms,
+        )
+        follow = _generate.Follower(model, body, self.retry)
+        while True:
+            call = follow.open()
+            try:
+                kwargs = _base.request_kwargs(call)
+                with self._http.stream(call.method, call.path, **kwargs) as response:
+                    if response.status_code >= 400:
+                        response.read()
+                    delay = follow.answered(call, response)
+                    if delay is None:
+                        for line in response.iter_lines():
+                            event = follow.feed(line)
+                            if event is not None:
+                                yield event
+                            if follow.finished:
+                                return
+                        delay = follow.dropped()
+            except httpx.TransportError as exc:
+                delay = follow.dropped(exc)
+            time.sleep(delay)
 
     def infer(
         self,

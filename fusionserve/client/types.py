@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
-FINAL_STATES = frozenset({"done", "failed", "expired"})
+FINAL_STATES = frozenset({"done", "failed", "expired", "cancelled"})
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,8 @@ class JobError:
 class JobResult:
     """``GET /v1/jobs/<id>``.
 
-    ``done`` is True once the job is final (``done``, ``failed`` or ``expired``), like
+    ``done`` is True once the job is final (``done``, ``failed``, ``expired`` or
+    ``cancelled``), like
     ``Future.done()``; ``ok`` is True only when it succeeded. Outputs come back as JSON
     lists, so their dtype is numpy's default for the values (float64 / int64).
     """
@@ -79,10 +80,99 @@ class JobResult:
             labels=[(x["label"], float(x["score"])) for x in body.get("labels") or []],
             timings=Timings.from_json(timings) if isinstance(timings, dict) else None,
             version=body.get("version"),
-            error=JobError(str(error.get("code", "")), str(error.get("message", "")))
-            if isinstance(error, dict)
-            else None,
+            error=_job_error(error),
         )
+
+
+def _job_error(error: Any) -> JobError | None:
+    if not isinstance(error, dict):
+        return None
+    return JobError(str(error.get("code", "")), str(error.get("message", "")))
+
+
+@dataclass(frozen=True)
+class GenerationTimings:
+    """Where a generation's time went: queued, until its first token, writing, and its rate."""
+
+    queue_ms: float | None = None
+    time_to_first_token_ms: float | None = None
+    generate_ms: float | None = None
+    tokens_per_s: float | None = None
+    worker: str | None = None
+
+    @classmethod
+    def from_json(cls, body: dict[str, Any]) -> GenerationTimings:
+        return cls(
+            queue_ms=body.get("queue_ms"),
+            time_to_first_token_ms=body.get("time_to_first_token_ms"),
+            generate_ms=body.get("generate_ms"),
+            tokens_per_s=body.get("tokens_per_s"),
+            worker=body.get("worker"),
+        )
+
+
+@dataclass(frozen=True)
+class Generation:
+    """A generation request's result: ``GET /v1/jobs/<id>`` of it, or its stream's ``done``.
+
+    ``finish_reason`` is ``stop`` (an end token or a stop string), ``length``
+    (``max_new_tokens``), ``cancelled`` or ``deadline``; a cancelled or expired request
+    keeps the text written so far. ``done`` and ``ok`` as in :class:`JobResult`.
+    """
+
+    job_id: str
+    status: str
+    text: str = ""
+    tokens: list[int] = field(default_factory=list)
+    finish_reason: str | None = None
+    timings: GenerationTimings | None = None
+    version: str | None = None
+    error: JobError | None = None
+    model: str = ""
+
+    @property
+    def done(self) -> bool:
+        return self.status in FINAL_STATES
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "done"
+
+    @classmethod
+    def from_json(cls, body: dict[str, Any], model: str = "") -> Generation:
+        timings = body.get("timings")
+        version = body.get("version")
+        return cls(
+            job_id=body["job_id"],
+            status=body["status"],
+            text=body.get("text", ""),
+            tokens=[int(t) for t in body.get("tokens") or []],
+            finish_reason=body.get("finish_reason"),
+            timings=GenerationTimings.from_json(timings) if isinstance(timings, dict) else None,
+            version=str(version) if version is not None else None,
+            error=_job_error(body.get("error")),
+            model=body.get("model", model),
+        )
+
+
+@dataclass(frozen=True)
+class GenerationEvent:
+    """One event of a generation's stream, in order, each once (across reconnections).
+
+    ``token``: ``text`` is the next piece (``index`` its position, ``token_id`` the id;
+    a piece may be empty while a stop string is still possible). ``restart``: the
+    request runs again from its first token (its worker was lost): drop the pieces so
+    far (:func:`text_of` does). ``done``: the last event, ``generation`` the whole result.
+    """
+
+    kind: Literal["token", "restart", "done"]
+    id: str
+    """The stream id: what ``Last-Event-ID`` resumes after."""
+    job_id: str
+    text: str = ""
+    index: int | None = None
+    token_id: int | None = None
+    generation: Generation | None = None
 
 
 @dataclass(frozen=True)
