@@ -74,3 +74,9 @@ def read(
 def started(client: redis.Redis, model: str, ref: str) -> bool:
     """Whether an earlier run of this request already wrote events (a restart is due)."""
     return bool(client.exists(keys.tokens(model, ref)))
+
+
+def last_id(client: redis.Redis, model: str, ref: str) -> str | None:
+    """The id of the request's newest event (None when it has none)."""
+    found = client.xrevrange(keys.tokens(model, ref), count=1)
+    return found[0][0].decode() if found else None

@@ -176,6 +176,8 @@ def job_events(job_id: str):
     after = request.headers.get("Last-Event-ID", "0")
     if not tokens.EVENT_ID.match(after):
         raise invalid(f"Last-Event-ID must be a stream id like 1700000000000-0, got {after!r}")
+    if view.result is not None and tokens.last_id(svc.redis, job.model, job.entry) == after:
+        return _event_stream(iter(()))  # finished, and the client has seen its last event
     deadline_ms = int(time.time() * 1000) + model.meta.config.batching.default_timeout_ms
     SLOTS.take(svc.settings.max_streams)
     return _event_stream(_sse(job.model, job.entry, after, deadline_ms, job_id))

@@ -185,6 +185,7 @@ def test_a_cancel_mid_stream_stops_the_sequence_and_frees_its_slot(stack) -> Non
         body = http.get(f"/v1/jobs/{job}").json()
         assert body["status"] == "cancelled" and body["finish_reason"] == "cancelled"
         assert len(body["tokens"]) < CAP
+        assert "".join(e[2]["text"] for e in [first, *rest[:-1]]) == body["text"]
         # The slot is free: four more requests (max_active = 4) all finish.
         jobs = [
             http.post(
@@ -239,6 +240,10 @@ def test_resuming_after_last_event_id_gives_the_rest(stack) -> None:
         ) as response:
             rest = list(sse(response))
         assert rest == everything[1:]
+        # After the last event: nothing more, at once (not a wait for the deadline).
+        last = {"Last-Event-ID": everything[-1][0]}
+        with http.stream("GET", f"/v1/jobs/{job}/events", headers=last, timeout=3) as response:
+            assert response.status_code == 200 and list(sse(response)) == []
 
 
 @pytest.mark.parametrize(

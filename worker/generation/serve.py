@@ -305,6 +305,9 @@ class GenerationLoop:
             if "error" in result:
                 body["error"] = result["error"]
             done_events[event.key] = [("done", body)]
+            if event.token_id is None and event.piece:  # the streamed pieces add up to the text
+                tail = {"index": len(running.tokens) - 1, "id": None, "text": event.piece}
+                done_events[event.key].insert(0, ("token", tail))
         self.broker.complete(finished, self.settings.result_ttl_s, version=runtime.version)
         if done_events:
             self._append(done_events)
