@@ -14,6 +14,10 @@ The model is a directory in the generation contract's layout (default
 instead. Output lengths are fixed by the workload (EOS is ignored) unless ``--eos``.
 
     python -m benchmarks.generation [--model DIR | --tiny] [--requests 500] [--rate R]
+        [--served 1,8,32,64]
+
+(c) With ``--served``: the same three ways, each a real stack (Valkey, API, one worker)
+driven over HTTP by streaming clients (benchmarks/generation_served.py).
 
 ``mixed_workload`` and ``summarize`` are meant for the served comparison too: the workload
 is arrivals (time, key, output length, payload); a trace is each request's arrival time and
@@ -26,7 +30,6 @@ import argparse
 import sys
 import tempfile
 import time
-import tomllib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -36,7 +39,7 @@ import numpy as np
 import onnxruntime as ort
 
 from benchmarks.common import table, write_json
-from worker.generation import Admission, Engine, GenerationSpec, Request, words_of
+from worker.generation import Admission, Engine, GenerationSpec, Request
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = ROOT / "model_repository" / "captioner"
@@ -52,38 +55,22 @@ class Model:
 
 
 def load(directory: Path, threads: int) -> Model:
-    """The newest version of a generation model directory, in ORT sessions as a worker's."""
-    from tokenizers import Tokenizer
+    """The newest version of a generation model directory, loaded as a worker loads it."""
+    import os
 
-    from worker.runtime import choose_providers
+    from worker.generation.runtime import GenerationRuntime
+    from worker.repository import load_model_files
 
-    config = tomllib.loads((directory / "config.toml").read_text())
-    gen = config["generation"]
-    versions = sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
-    version = directory / str(versions[-1])
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-
-    def session(name: str) -> ort.InferenceSession:
-        return ort.InferenceSession(str(version / name), options, providers=choose_providers())
-
-    tokenizer = Tokenizer.from_file(str(directory / gen.get("tokenizer", "tokenizer.json")))
-    ids = {k: gen[k] for k in ("bos_id", "eos_id", "pad_id")}
-    spec = GenerationSpec(
-        **ids,
-        max_new_tokens=gen.get("max_new_tokens", 32),
-        max_active=gen.get("max_active", 32),
-        words=words_of(tokenizer, ids.values()),
-    )
-    text = config.get("preprocessing", {}).get("text")
-    pad = {text.get("ids_input", "input_ids"): text.get("pad_id", 0)} if text else {}
+    os.environ["FUSIONSERVE_ORT_THREADS"] = str(threads)
+    files = load_model_files(directory)
+    runtime = GenerationRuntime(files)
+    text = files.config.preprocessing.text
     return Model(
-        session(gen.get("encoder", "encoder.onnx")),
-        session(gen.get("decoder", "decoder.onnx")),
-        spec,
-        pad,
-        text.get("ids_input", "input_ids") if text else None,
+        runtime.encoder,
+        runtime.decoder,
+        runtime.spec,
+        files.config.preprocessing.pad_values(),
+        text.ids_input if text else None,
     )
 
 
@@ -302,6 +289,12 @@ def main() -> int:
     parser.add_argument("--short", type=int, help="short outputs' tokens (default cap/8)")
     parser.add_argument("--long-share", type=float, default=0.3)
     parser.add_argument("--eos", action="store_true", help="end at EOS (lengths vary)")
+    parser.add_argument(
+        "--served",
+        metavar="CLIENTS",
+        help="also serve the model three ways and drive it over HTTP at these concurrencies "
+        "(e.g. 1,8,32,64; benchmarks/generation_served.py)",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         if args.tiny:
@@ -335,11 +328,22 @@ def main() -> int:
             long_share=args.long_share,
         )
         rows = compare(model, workload, max_active, args.eos)
+        served_rows: tuple[str, list[dict], list[dict]] | None = None
+        if args.served:
+            from benchmarks.generation_served import served
+
+            levels = [int(c) for c in args.served.split(",")]
+            served_rows = served(directory, levels, per_client=4, short=short)
     print(
         f"\n(b) {args.requests} requests at {rate:,.0f}/s (Poisson), {args.long_share:.0%} "
         f"long ({long} tokens), the rest {short} tokens" + (" or fewer (EOS)" if args.eos else "")
     )
     print(table(rows, list(rows[0])))
+    if served_rows is not None:
+        from benchmarks.generation_served import print_served
+
+        print("\n(c) ", end="")
+        print_served(*served_rows)
     payload = {
         "args": vars(args),
         "model": directory.name,
@@ -347,6 +351,7 @@ def main() -> int:
         "rate_per_s": rate,
         "ceiling": ceiling_rows,
         "workload": rows,
+        "served": served_rows and {"rows": served_rows[1], "ratios": served_rows[2]},
     }
     print(f"\nwrote {write_json('generation', payload)}")
     return 0

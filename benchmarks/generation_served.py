@@ -137,6 +137,48 @@ def serve_and_drive(
             redis_server.stop()
 
 
+def served(
+    directory: Path, levels: list[int], per_client: int, short: int | None = None
+) -> tuple[str, list[dict], list[dict]]:
+    """(a caption, one row per way and concurrency, iteration-level's ratios per level)."""
+    config = tomllib.loads((directory / "config.toml").read_text())["generation"]
+    cap = int(config.get("max_new_tokens", 32))
+    max_active = int(config.get("max_active", 32))
+    short = short or max(1, cap // 8)
+    runs = [(c, request_bodies(directory, max(8, c * per_client), short, cap)) for c in levels]
+    rows = []
+    for name, (admission, active) in WAYS.items():
+        for concurrency, summary in serve_and_drive(
+            directory, admission, active or max_active, runs
+        ):
+            rows.append({"batching": name, "clients": concurrency, **summary})
+            print(f"{name} at {concurrency}: {summary}", file=sys.stderr)
+    ratios = []
+    for c in levels:
+        by = {r["batching"]: r for r in rows if r["clients"] == c}
+        it, rq, one = by["iteration-level"], by["request-level"], by["one at a time"]
+        ratios.append(
+            {
+                "clients": c,
+                "tokens/s vs request-level": round(it["tokens_per_s"] / rq["tokens_per_s"], 2),
+                "TTFT p99 vs request-level": round(it["ttft_p99_ms"] / rq["ttft_p99_ms"], 2),
+                "tokens/s vs one at a time": round(it["tokens_per_s"] / one["tokens_per_s"], 2),
+            }
+        )
+    caption = (
+        f"served over HTTP, model {directory.name}: {cap} tokens for 30 % of requests, {short} "
+        f"for the rest; max_active {max_active}; one API process, one worker"
+    )
+    return caption, rows, ratios
+
+
+def print_served(caption: str, rows: list[dict], ratios: list[dict]) -> None:
+    print(caption + "\n")
+    print(table(rows, list(rows[0])))
+    print("\niteration-level over the others (targets at 32: tokens/s >= 2, TTFT p99 <= 0.5)")
+    print(table(ratios, list(ratios[0])))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, help=f"default {DEFAULT_MODEL.relative_to(ROOT)}")
@@ -145,45 +187,11 @@ def main() -> int:
     parser.add_argument("--requests-per-client", type=int, default=4)
     parser.add_argument("--short", type=int, help="short answers' tokens (default cap/8)")
     args = parser.parse_args()
+    levels = [int(c) for c in args.concurrency.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
         directory = tiny_model(Path(tmp)) if args.tiny else (args.model or DEFAULT_MODEL)
-        config = tomllib.loads((directory / "config.toml").read_text())["generation"]
-        cap = int(config.get("max_new_tokens", 32))
-        max_active = int(config.get("max_active", 32))
-        short = args.short or max(1, cap // 8)
-        levels = [int(c) for c in args.concurrency.split(",")]
-        runs = [
-            (c, request_bodies(directory, max(8, c * args.requests_per_client), short, cap))
-            for c in levels
-        ]
-        rows = []
-        for name, (admission, active) in WAYS.items():
-            for concurrency, summary in serve_and_drive(
-                directory, admission, active or max_active, runs
-            ):
-                rows.append({"batching": name, "clients": concurrency, **summary})
-                print(f"{name} at {concurrency}: {summary}", file=sys.stderr)
-    print(
-        f"model {directory.name}: {cap} tokens for 30 % of requests, {short} for the rest; "
-        f"max_active {max_active}; one API process, one worker\n"
-    )
-    print(table(rows, list(rows[0])))
-    ratios = []
-    for c in levels:
-        by = {r["batching"]: r for r in rows if r["clients"] == c}
-        it, rq = by["iteration-level"], by["request-level"]
-        ratios.append(
-            {
-                "clients": c,
-                "tokens/s vs request-level": round(it["tokens_per_s"] / rq["tokens_per_s"], 2),
-                "TTFT p99 vs request-level": round(it["ttft_p99_ms"] / rq["ttft_p99_ms"], 2),
-                "tokens/s vs one at a time": round(
-                    it["tokens_per_s"] / by["one at a time"]["tokens_per_s"], 2
-                ),
-            }
-        )
-    print("\niteration-level over the others (targets at 32: tokens/s >= 2, TTFT p99 <= 0.5)")
-    print(table(ratios, list(ratios[0])))
+        caption, rows, ratios = served(directory, levels, args.requests_per_client, args.short)
+    print_served(caption, rows, ratios)
     print(f"\nwrote {write_json('generation_served', {'rows': rows, 'ratios': ratios})}")
     return 0
 
