@@ -67,11 +67,13 @@ def stack(module_stack_factory, repository: Path, tmp_path_factory):
 
 
 @pytest.fixture
-def own_stack(module_stack_factory, tmp_path: Path):
+def own_stack(module_stack_factory, tmp_path: Path, request):
     """A stack of its own, over a copy of the model under another name (the shared stack's
-    worker must not take its requests), on the same Redis (never flushed under the other)."""
+    worker must not take its requests), on the same Redis (never flushed under the other).
+    ``@pytest.mark.env(NAME="value")`` sets its environment."""
     tiny_generator(tmp_path, OWN, max_new_tokens=CAP, max_active=4, eos_slope=0.2)
-    return serve(module_stack_factory, tmp_path, OWN)
+    marker = request.node.get_closest_marker("env")
+    return serve(module_stack_factory, tmp_path, OWN, **(marker.kwargs if marker else {}))
 
 
 def request_inputs(seed: int) -> dict[str, np.ndarray]:
@@ -369,3 +371,31 @@ def test_bulk_batch_lines_are_generation_requests(stack, reference) -> None:
         and "max_new_tokens" in by_id["over"]["error"]["message"]
     )
     assert by_id["bad"]["status"] == "failed" and "top_p" in by_id["bad"]["error"]["message"]
+
+
+@pytest.mark.env(FUSIONSERVE_MAX_STREAMS="1")
+def test_past_max_streams_a_stream_is_refused_and_nothing_is_queued(own_stack, module_redis):
+    stack, worker = own_stack, own_stack.workers[0]
+    body = {"inputs": named(request_inputs(12)), "stream": True, "max_new_tokens": CAP}
+    jobs = f"fs:{{{OWN}}}:job:*"
+    with httpx.Client(base_url=stack.url, timeout=30) as http:
+        os.kill(worker.pid, signal.SIGSTOP)  # the first stream stays open
+        try:
+            with http.stream("POST", f"/v1/models/{OWN}/generate", json=body) as first:
+                assert first.status_code == 200
+                before = len(module_redis.keys(jobs))
+                second = http.post(f"/v1/models/{OWN}/generate", json=body)
+                assert second.status_code == 503, second.text
+                assert second.headers["Retry-After"]
+                assert second.json()["error"]["code"] == "too_many_streams"
+                assert len(module_redis.keys(jobs)) == before
+        finally:
+            os.kill(worker.pid, signal.SIGCONT)
+
+        # The slot is given back once the server sees the client gone (its next write
+        # fails): a client that retries on the 503 is then served, to the end.
+        def served() -> bool:
+            third = http.post(f"/v1/models/{OWN}/generate", json=body)
+            return third.status_code == 200 and b"event: done" in third.content
+
+        wait_until(served, "the stream's slot was never given back", 30)
