@@ -20,9 +20,12 @@ Run as a script to write a repository: ``python tests/generation_models.py DIR [
 from __future__ import annotations
 
 import math
+import shutil
 import sys
+import tempfile
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -214,7 +217,28 @@ def _export(model, args: tuple, path: Path, inputs: list[str], outputs: list[str
         )
 
 
-def tiny_generator(
+_BUILT: dict[tuple, Path] = {}
+"""Models this process has exported, by their parameters: a second call copies the files."""
+
+
+def tiny_generator(repository: Path, name: str = "tiny_gen", **options: Any) -> Path:
+    """Write the model directory ``<repository>/<name>`` and return it (see ``_export_tiny``).
+
+    The export (torch) runs once per process and set of ``options``; later calls copy its
+    files and rename the model, which is all a serving test needs of a fresh one.
+    """
+    key = tuple(sorted(options.items()))
+    if key not in _BUILT:
+        _BUILT[key] = _export_tiny(Path(tempfile.mkdtemp(prefix="tiny-generator-")), **options)
+    directory = repository / name
+    shutil.copytree(_BUILT[key], directory)
+    config = directory / "config.toml"
+    built_name = _BUILT[key].name
+    config.write_text(config.read_text().replace(f'name = "{built_name}"', f'name = "{name}"', 1))
+    return directory
+
+
+def _export_tiny(
     repository: Path,
     name: str = "tiny_gen",
     *,
