@@ -420,13 +420,21 @@ class Broker:
         its timeout only has the server's ``hz`` granularity: callers keep their own
         clock for short waits.
         """
+        reply = self.queue_pull(self.redis, consumer, model, levels, count, block_ms)
+        return pulled(model, reply)
+
+    @staticmethod
+    def queue_pull(
+        client: redis.Redis | redis.client.Pipeline,
+        consumer: str,
+        model: str,
+        levels: Sequence[int],
+        count: int,
+        block_ms: int | None = None,
+    ) -> Any:
+        """The XREADGROUP of ``pull``, on ``client`` (a pipeline: its reply goes to ``pulled``)."""
         streams = {keys.stream(model, p): ">" for p in levels}
-        reply = self.redis.xreadgroup(keys.GROUP, consumer, streams, count=count, block=block_ms)
-        entries: list[Entry] = []
-        for stream_key, items in sorted(reply or [], key=lambda r: _level(r[0])):
-            priority = _level(stream_key)
-            entries.extend(_entry(model, priority, eid, fields) for eid, fields in items)
-        return entries
+        return client.xreadgroup(keys.GROUP, consumer, streams, count=count, block=block_ms)
 
     def start(self, entries: Sequence[Entry], worker_id: str) -> list[str | None]:
         """Mark pulled entries running; returns each record's state (final ones are skipped).
@@ -581,6 +589,15 @@ class Broker:
                 pipe.xrange(stream, i, i)
             found = pipe.execute()
         return [_entry(model, priority, eid, fields) for hit in found for eid, fields in hit]
+
+
+def pulled(model: str, reply: Any) -> list[Entry]:
+    """The entries of an XREADGROUP reply, higher priority levels first."""
+    entries: list[Entry] = []
+    for stream_key, items in sorted(reply or [], key=lambda r: _level(r[0])):
+        priority = _level(stream_key)
+        entries.extend(_entry(model, priority, eid, fields) for eid, fields in items)
+    return entries
 
 
 def now_ms() -> float:

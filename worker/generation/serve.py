@@ -30,9 +30,10 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
+import redis
 
 from batching import keys, tokens
-from batching.broker import Broker, Entry, Finished, now_ms
+from batching.broker import Broker, Entry, Finished, now_ms, pulled
 from batching.policy import expired, runnable
 from batching.settings import Settings
 from worker.generation.engine import Request, TokenEvent
@@ -98,6 +99,9 @@ class GenerationLoop:
         self.settings = settings
         self.stop = stop
         self.running: dict[str, Running] = {}
+        self.pending: list[Entry] = []
+        """Entries delivered to this worker and not yet started (pulled with a step's
+        writes, or more than the free slots): started as slots free, held meanwhile."""
         self.backlog: list[tuple[Running, Request]] = []
         """Rows of bulk entries pulled but not yet admitted: online requests go first."""
         self.bulk: dict[str, BulkEntry] = {}
@@ -115,7 +119,7 @@ class GenerationLoop:
     def run(self) -> None:
         self.broker.ensure_groups(self.model, self.batching.all_levels)
         log.info("worker %s generating with %s", self.worker_id, self.model)
-        while not (self.stop.is_set() and not self.running and not self.backlog):
+        while not (self.stop.is_set() and not (self.running or self.backlog or self.pending)):
             try:
                 self.turn()
             except Exception:  # a Redis hiccup or a bug must not kill the worker thread
@@ -140,7 +144,7 @@ class GenerationLoop:
             return
         events = engine.step()
         self.batches += 1
-        stopping = self.write(events)
+        stopping = self.write(events, engine.free_slots)
         finished = [e for e in events if e.finish_reason is not None]
         now = now_ms()
         for ref, running in self.running.items():
@@ -151,20 +155,17 @@ class GenerationLoop:
         self.finish([e for e in finished if e is not None], runtime)
 
     def admit(self, runtime: GenerationRuntime, reclaimed: list[Entry]) -> None:
-        """Fill the free slots: online entries first (pulled, or reclaimed from a dead
-        worker), then rows of bulk entries; one bulk entry is pulled only when no online
-        work came and no bulk row waits. On stop, only bulk rows already held are admitted."""
+        """Fill the free slots: online entries first (reclaimed from a dead worker, then
+        those delivered with the last step's writes), then rows of bulk entries. Only an
+        idle worker pulls here (blocking until work arrives); a busy one pulls in the same
+        round trip as its token writes (``write``). On stop, only what was delivered runs."""
         engine = runtime.engine
-        entries = list(reclaimed)
-        room = engine.free_slots - len(entries)
-        if room > 0 and not self.stop.is_set():
-            idle = not (self.running or self.backlog or entries)
-            block = IDLE_BLOCK_MS if idle else None
-            levels = self.batching.online_levels
-            entries += self.broker.pull(self.model, self.worker_id, levels, room, block)[:room]
-            if not entries and not self.backlog:
-                bulk = [self.batching.bulk_level]
-                entries += self.broker.pull(self.model, self.worker_id, bulk, 1, None)
+        self.pending = reclaimed + self.pending
+        idle = not (self.running or self.backlog or self.pending)
+        if idle and not self.stop.is_set():
+            self.pending = self.pull(engine.free_slots, IDLE_BLOCK_MS)
+        entries = self.pending[: engine.free_slots]
+        self.pending = self.pending[len(entries) :]
         online = self.start(runtime, entries)
         self.announce_restarts([r for r, _ in online])
         taken = online + self.backlog[: max(0, engine.free_slots - len(online))]
@@ -232,8 +233,18 @@ class GenerationLoop:
             self._append({key: [("restart", reason)] for key in restarts})
             log.warning("%s: running %d lost requests again", self.model, len(restarts))
 
-    def write(self, events: list[TokenEvent]) -> set[str]:
-        """Append this step's tokens; return the running requests asked to stop."""
+    def pull(self, room: int, block_ms: int | None) -> list[Entry]:
+        """Online entries for ``room`` slots; else one bulk entry when no bulk row waits."""
+        online = self.broker.pull(
+            self.model, self.worker_id, self.batching.online_levels, room, block_ms
+        )
+        if online or self.backlog:
+            return online
+        return self.broker.pull(self.model, self.worker_id, [self.batching.bulk_level], 1, None)
+
+    def write(self, events: list[TokenEvent], room: int) -> set[str]:
+        """Append this step's tokens and, in the same round trip, pull entries for ``room``
+        free slots (into ``pending``); return the running requests asked to stop."""
         now = now_ms()
         batch: dict[str, list[tuple[str, dict[str, Any]]]] = {}
         for event in events:
@@ -249,24 +260,33 @@ class GenerationLoop:
             batch[event.key] = [
                 ("token", {"index": index, "id": event.token_id, "text": event.piece})
             ]
-        stopping = self._append(batch, read_stopping=True)
-        return stopping & self.running.keys()
-
-    def _append(
-        self, events: dict[str, list[tuple[str, dict[str, Any]]]], *, read_stopping: bool = False
-    ) -> set[str]:
-        cap = (self.runtime.spec.max_new_tokens if self.runtime else 0) + STREAM_EXTRA
+        pulls: list[tuple[list[int], int]] = []
+        if room > 0 and not (self.stop.is_set() or self.pending):
+            pulls.append((list(self.batching.online_levels), room))
+            if not self.backlog:  # one bulk entry at a time: its rows wait behind online work
+                pulls.append(([self.batching.bulk_level], 1))
         with self.redis.pipeline(transaction=False) as pipe:
-            for ref, items in events.items():
-                tokens.append(
-                    pipe, self.model, ref, items, cap=cap, ttl_s=self.settings.result_ttl_s
-                )
-            if read_stopping:
-                pipe.zrange(keys.stopping(self.model), 0, -1)
+            self._queue_events(pipe, batch)
+            pipe.zrange(keys.stopping(self.model), 0, -1)
+            for levels, count in pulls:
+                self.broker.queue_pull(pipe, self.worker_id, self.model, levels, count)
             replies = pipe.execute()
-        if not read_stopping:
-            return set()
-        return {ref.decode() for ref in replies[-1]}
+        for reply in replies[len(replies) - len(pulls) :]:
+            self.pending += pulled(self.model, reply)
+        stopping = replies[len(replies) - len(pulls) - 1]
+        return {ref.decode() for ref in stopping} & self.running.keys()
+
+    def _queue_events(
+        self, pipe: redis.client.Pipeline, events: dict[str, list[tuple[str, dict[str, Any]]]]
+    ) -> None:
+        cap = (self.runtime.spec.max_new_tokens if self.runtime else 0) + STREAM_EXTRA
+        for ref, items in events.items():
+            tokens.append(pipe, self.model, ref, items, cap=cap, ttl_s=self.settings.result_ttl_s)
+
+    def _append(self, events: dict[str, list[tuple[str, dict[str, Any]]]]) -> None:
+        with self.redis.pipeline(transaction=False) as pipe:
+            self._queue_events(pipe, events)
+            pipe.execute()
 
     def finish(
         self,
@@ -345,6 +365,7 @@ class GenerationLoop:
         """Keep what runs here from being reclaimed; drop stop requests nobody acted on."""
         by_level: dict[int, set[str]] = {}
         held = [r.entry for r in self.running.values()] + [b.entry for b in self.bulk.values()]
+        held += self.pending
         for entry in held:
             by_level.setdefault(entry.priority, set()).add(entry.id)
         for level, ids in by_level.items():
