@@ -190,8 +190,10 @@ def _event_stream(events: Iterator[bytes]) -> Response:
     return response
 
 
-def follow(model: str, ref: str, after: str, deadline_ms: int) -> Iterator[TokenEvent | None]:
-    """A request's events from ``after`` until its final one; None after a silent wait.
+def follow(model: str, ref: str, after: str, deadline_ms: int) -> Iterator[list[TokenEvent]]:
+    """A request's events from ``after`` until its final one, as each read returns them
+    (several at a time when the client fell behind: one write for all); ``[]`` after a
+    silent wait.
 
     Ends with a synthetic ``error`` event (code ``timeout``) when nothing final came by
     the request's deadline (plus a grace for the worker to write it). Releases the
@@ -202,33 +204,34 @@ def follow(model: str, ref: str, after: str, deadline_ms: int) -> Iterator[Token
         end = deadline_ms / 1000 + STREAM_GRACE_S
         while time.time() < end:
             found = tokens.read(svc.streams, model, ref, after, block_ms=tokens.READ_BLOCK_MS)
-            if not found:
-                yield None
-                continue
-            for event in found:
-                yield event
-                if event.event in FINAL:
-                    return
-            after = found[-1].id
+            final = next((i for i, e in enumerate(found) if e.event in FINAL), None)
+            if final is not None:
+                yield found[: final + 1]
+                return
+            yield found
+            if found:
+                after = found[-1].id
         message = "no result by the request's deadline"
-        yield TokenEvent(after, "error", {"code": "timeout", "message": message})
+        yield [TokenEvent(after, "error", {"code": "timeout", "message": message})]
     finally:
         SLOTS.give_back()
 
 
 def _sse(model: str, ref: str, after: str, deadline_ms: int, job_id: str) -> Iterator[bytes]:
-    for event in follow(model, ref, after, deadline_ms):
-        if event is None:
+    for events in follow(model, ref, after, deadline_ms):
+        if not events:
             yield b": keep-alive\n\n"
             continue
-        data: dict[str, Any] = dict(event.data)
-        if event.event in FINAL:
-            data["job_id"] = job_id
-        yield b"id: %s\nevent: %s\ndata: %s\n\n" % (
-            event.id.encode(),
-            event.event.encode(),
-            orjson.dumps(data),
-        )
+        chunk = []
+        for event in events:
+            data: dict[str, Any] = dict(event.data)
+            if event.event in FINAL:
+                data["job_id"] = job_id
+            chunk.append(
+                b"id: %s\nevent: %s\ndata: %s\n\n"
+                % (event.id.encode(), event.event.encode(), orjson.dumps(data))
+            )
+        yield b"".join(chunk)
 
 
 # --- Triton's generate extension ------------------------------------------------------------
@@ -328,32 +331,36 @@ def triton_generate_stream(name: str, version: str | None = None):
     def events() -> Iterator[bytes]:
         sent: list[int] = []
         replay: list[int] | None = None
-        for event in follow(model.name, ref, "0", deadline_ms):
-            if event is None:
+        for batch in follow(model.name, ref, "0", deadline_ms):
+            if not batch:
                 yield b": keep-alive\n\n"
                 continue
-            if event.event == "restart":
-                replay = list(sent)
-                continue
-            if event.event == "token" and replay is not None and event.data["index"] < len(replay):
-                if event.data["id"] == replay[event.data["index"]]:
+            chunk = []
+            for event in batch:
+                if event.event == "restart":
+                    replay = list(sent)
                     continue
-                body = {
-                    "error": "the request ran again after its worker was lost and wrote "
-                    "different text; send it again"
-                }
-                yield b"data: %s\n\n" % orjson.dumps(body)
-                return
-            if event.event == "token":
-                sent.append(event.data["id"])
-                fields = {"text_output": event.data["text"]}
-            elif event.event == "done":
-                fields = {"text_output": "", "finish_reason": event.data["finish_reason"]}
-                if event.data.get("status") != "done":
-                    fields = {"error": event.data.get("error", {}).get("message", "failed")}
-            else:
-                fields = {"error": event.data.get("message", "failed")}
-            body = _triton_body(model, request_id, model_version=version_label, **fields)
-            yield b"data: %s\n\n" % orjson.dumps(body)
+                index = event.data.get("index", -1)
+                if event.event == "token" and replay is not None and index < len(replay):
+                    if event.data["id"] == replay[index]:
+                        continue
+                    body = {
+                        "error": "the request ran again after its worker was lost and wrote "
+                        "different text; send it again"
+                    }
+                    yield b"".join(chunk) + b"data: %s\n\n" % orjson.dumps(body)
+                    return
+                if event.event == "token":
+                    sent.append(event.data["id"])
+                    fields = {"text_output": event.data["text"]}
+                elif event.event == "done":
+                    fields = {"text_output": "", "finish_reason": event.data["finish_reason"]}
+                    if event.data.get("status") != "done":
+                        fields = {"error": event.data.get("error", {}).get("message", "failed")}
+                else:
+                    fields = {"error": event.data.get("message", "failed")}
+                body = _triton_body(model, request_id, model_version=version_label, **fields)
+                chunk.append(b"data: %s\n\n" % orjson.dumps(body))
+            yield b"".join(chunk)
 
     return _event_stream(events())
