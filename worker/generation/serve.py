@@ -59,11 +59,15 @@ class Running:
 
     entry: Entry
     pulled_ms: float
+    runtime: GenerationRuntime
+    """The version it runs on, to its end (a newer one loaded meanwhile takes new work)."""
     row: int | None = None
     """The row of a bulk entry (its tokens are not streamed); None for an online entry."""
     tokens: list[int] = field(default_factory=list)
     text: list[str] = field(default_factory=list)
     first_token_ms: float | None = None
+    announced: bool = False
+    """Whether its restart check ran (``announce_restarts``)."""
 
     @property
     def key(self) -> str:
@@ -102,8 +106,10 @@ class GenerationLoop:
         self.pending: list[Entry] = []
         """Entries delivered to this worker and not yet started (pulled with a step's
         writes, or more than the free slots): started as slots free, held meanwhile."""
+        self.ready: list[tuple[Running, Request]] = []
+        """Online requests started but not yet admitted (their version's batch was full)."""
         self.backlog: list[tuple[Running, Request]] = []
-        """Rows of bulk entries pulled but not yet admitted: online requests go first."""
+        """Rows of bulk entries started but not yet admitted: online requests go first."""
         self.bulk: dict[str, BulkEntry] = {}
         self.batches = 0
         """Decoder steps run (what ``batches`` counts for a classifier's loop)."""
@@ -113,13 +119,19 @@ class GenerationLoop:
 
     @property
     def runtime(self) -> GenerationRuntime | None:
+        """The newest version: what a request that names none starts on."""
         runtime = self.versions.newest()
         return runtime if isinstance(runtime, GenerationRuntime) else None
+
+    @property
+    def holding(self) -> bool:
+        """Whether anything was delivered to this worker and has not finished."""
+        return bool(self.running or self.ready or self.backlog or self.pending)
 
     def run(self) -> None:
         self.broker.ensure_groups(self.model, self.batching.all_levels)
         log.info("worker %s generating with %s", self.worker_id, self.model)
-        while not (self.stop.is_set() and not (self.running or self.backlog or self.pending)):
+        while not (self.stop.is_set() and not self.holding):
             try:
                 self.turn()
             except Exception:  # a Redis hiccup or a bug must not kill the worker thread
@@ -127,68 +139,85 @@ class GenerationLoop:
                 time.sleep(0.5)
 
     def turn(self) -> None:
-        runtime = self.runtime
-        if runtime is None:  # every version unloaded: nothing to run on
+        newest = self.runtime
+        if newest is None and not self.holding:  # every version unloaded: nothing to run on
             self.stop.wait(IDLE_BLOCK_MS / 1000)
             return
-        engine = runtime.engine
+        room = newest.engine.free_slots if newest is not None else 0
         reclaimed: list[Entry] = []
         if time.monotonic() >= self._next_hold:
             self._next_hold = time.monotonic() + self.hold_every_s
             self.hold()
-            if not self.stop.is_set():
-                reclaimed = self.reclaim(engine.free_slots)
-        if engine.free_slots > 0:
-            self.admit(runtime, reclaimed)
-        if not engine.active:
+            if not self.stop.is_set() and room > 0:
+                reclaimed = self.reclaim(room)
+        self.admit(room, reclaimed)
+        runtimes = {id(r.runtime): r.runtime for r in self.running.values()}.values()
+        if not runtimes:
             return
-        events = engine.step()
+        events: list[TokenEvent] = []
+        for runtime in runtimes:
+            try:
+                events += runtime.engine.step()
+            except Exception as exc:  # the whole batch of this version fails, not the loop
+                log.exception("%s v%d: decoder step failed", self.model, runtime.version)
+                keys_ = list(runtime.engine.active)
+                for key in keys_:
+                    runtime.engine.cancel(key, "error")
+                self.finish(
+                    [TokenEvent(k, None, "", "error") for k in keys_],
+                    error_result("model_error", str(exc)),
+                )
         self.batches += 1
-        stopping = self.write(events, engine.free_slots)
+        room = newest.engine.free_slots if newest is not None else 0
+        stopping = self.write(events, room)
         finished = [e for e in events if e.finish_reason is not None]
         now = now_ms()
-        for ref, running in self.running.items():
-            if ref in stopping:
-                finished.append(engine.cancel(ref, "cancelled"))
+        for key, running in list(self.running.items()):
+            if key in stopping:
+                finished.append(running.runtime.engine.cancel(key, "cancelled"))
             elif expired(running.entry, now):
-                finished.append(engine.cancel(ref, "deadline"))
-        self.finish([e for e in finished if e is not None], runtime)
+                finished.append(running.runtime.engine.cancel(key, "deadline"))
+        self.finish([e for e in finished if e is not None])
 
-    def admit(self, runtime: GenerationRuntime, reclaimed: list[Entry]) -> None:
-        """Fill the free slots: online entries first (reclaimed from a dead worker, then
-        those delivered with the last step's writes), then rows of bulk entries. Only an
-        idle worker pulls here (blocking until work arrives); a busy one pulls in the same
-        round trip as its token writes (``write``). On stop, only what was delivered runs."""
-        engine = runtime.engine
+    def admit(self, room: int, reclaimed: list[Entry]) -> None:
+        """Fill free slots: online requests first (reclaimed from a dead worker, then those
+        delivered with the last step's writes), then rows of bulk entries, each into the
+        batch of the version it runs on. Only an idle worker pulls here (blocking until
+        work arrives); a busy one pulls in the same round trip as its token writes
+        (``write``). On stop, only what was delivered runs."""
         self.pending = reclaimed + self.pending
-        idle = not (self.running or self.backlog or self.pending)
-        if idle and not self.stop.is_set():
-            self.pending = self.pull(engine.free_slots, IDLE_BLOCK_MS)
-        entries = self.pending[: engine.free_slots]
-        self.pending = self.pending[len(entries) :]
-        online = self.start(runtime, entries)
-        self.announce_restarts([r for r, _ in online])
-        taken = online + self.backlog[: max(0, engine.free_slots - len(online))]
-        self.backlog = self.backlog[len(taken) - len(online) :]
-        if not taken:
-            return
-        try:
-            engine.admit([request for _, request in taken])
-        except Exception as exc:  # a bad input the encoder refuses fails its batch alone
-            log.warning("%s: encoder refused %d requests: %s", self.model, len(taken), exc)
-            for running, _ in taken:
+        if not self.holding and not self.stop.is_set() and room > 0:
+            self.pending = self.pull(room, IDLE_BLOCK_MS)
+        entries, self.pending = self.pending[:room], self.pending[room:]
+        self.ready += self.start(entries)
+        self.announce_restarts([r for r, _ in self.ready])
+        free: dict[int, int] = {}
+        taken: dict[int, list[tuple[Running, Request]]] = {}
+        left: list[tuple[Running, Request]] = []
+        for item in self.ready + self.backlog:
+            engine = item[0].runtime.engine
+            slots = free.setdefault(id(engine), engine.free_slots)
+            if slots > 0:
+                free[id(engine)] = slots - 1
+                taken.setdefault(id(engine), []).append(item)
+            else:
+                left.append(item)
+        self.ready = [x for x in left if x[0].row is None]
+        self.backlog = [x for x in left if x[0].row is not None]
+        for group in taken.values():
+            for running, _ in group:
                 self.running[running.key] = running
-            error = error_result("model_error", str(exc))
-            self.finish([TokenEvent(r.key, None, "", "error") for r, _ in taken], runtime, error)
-            return
-        for running, _ in taken:
-            self.running[running.key] = running
+            try:
+                group[0][0].runtime.engine.admit([request for _, request in group])
+            except Exception as exc:  # a bad input the encoder refuses fails its group alone
+                log.warning("%s: encoder refused %d requests: %s", self.model, len(group), exc)
+                error = error_result("model_error", str(exc))
+                self.finish([TokenEvent(r.key, None, "", "error") for r, _ in group], error)
 
-    def start(
-        self, runtime: GenerationRuntime, entries: list[Entry]
-    ) -> list[tuple[Running, Request]]:
-        """Mark pulled entries running; finish at once those that must not run. Returns the
-        online sequences to admit; a bulk entry's rows join the backlog."""
+    def start(self, entries: list[Entry]) -> list[tuple[Running, Request]]:
+        """Mark pulled entries running, each on its version (the one it asked for, else the
+        newest); finish at once those that must not run. Returns the online sequences to
+        admit; a bulk entry's rows join the backlog."""
         if not entries:
             return []
         pulled = now_ms()
@@ -196,11 +225,17 @@ class GenerationLoop:
         refused: list[Finished] = []
         online: list[tuple[Running, Request]] = []
         for entry, state in zip(entries, states, strict=True):
+            runtime = self.versions.runtime_for(entry.version)
             if not runnable(state):
                 refused.append(Finished(entry, "failed", {}))  # a duplicate: only acknowledged
             elif expired(entry, pulled):
                 message = "the request's deadline passed before it started; it never ran"
                 refused.append(Finished(entry, "expired", error_result("expired", message)))
+            elif not isinstance(runtime, GenerationRuntime):
+                message = f"version {entry.version or 'newest'} of {self.model} is not loaded"
+                refused.append(
+                    Finished(entry, "failed", error_result("version_unavailable", message))
+                )
             else:
                 try:
                     requests = _requests(entry)
@@ -208,19 +243,25 @@ class GenerationLoop:
                     refused.append(Finished(entry, "failed", error_result("bad_entry", str(exc))))
                     continue
                 if entry.batch is None:
-                    online.append((Running(entry, pulled), requests[0]))
+                    online.append((Running(entry, pulled, runtime), requests[0]))
                 else:
                     self.bulk[entry.ref] = BulkEntry(entry, [None] * len(requests))
-                    rows = [Running(entry, pulled, row=i) for i in range(len(requests))]
+                    rows = [Running(entry, pulled, runtime, row=i) for i in range(len(requests))]
                     self.backlog += [
                         (r, replace(q, key=r.key)) for r, q in zip(rows, requests, strict=True)
                     ]
         if refused:
-            self.broker.complete(refused, self.settings.result_ttl_s, version=runtime.version)
+            newest = self.runtime
+            version = newest.version if newest is not None else None
+            self.broker.complete(refused, self.settings.result_ttl_s, version=version)
         return online
 
     def announce_restarts(self, online: list[Running]) -> None:
-        """A request whose stream already has events was begun by a lost worker: say so."""
+        """A request whose stream already has events was begun by a lost worker: say so
+        (once: before it is admitted here)."""
+        online = [r for r in online if not r.announced]
+        for running in online:
+            running.announced = True
         if not online:
             return
         with self.redis.pipeline(transaction=False) as pipe:
@@ -261,7 +302,7 @@ class GenerationLoop:
                 ("token", {"index": index, "id": event.token_id, "text": event.piece})
             ]
         pulls: list[tuple[list[int], int]] = []
-        if room > 0 and not (self.stop.is_set() or self.pending):
+        if room > 0 and not (self.stop.is_set() or self.pending or self.ready):
             pulls.append((list(self.batching.online_levels), room))
             if not self.backlog:  # one bulk entry at a time: its rows wait behind online work
                 pulls.append(([self.batching.bulk_level], 1))
@@ -288,21 +329,17 @@ class GenerationLoop:
             self._queue_events(pipe, events)
             pipe.execute()
 
-    def finish(
-        self,
-        events: list[TokenEvent],
-        runtime: GenerationRuntime,
-        error: dict[str, Any] | None = None,
-    ) -> None:
-        """Complete retired sequences (one call), then append each one's ``done`` event.
-        A bulk entry completes once its last row has retired."""
+    def finish(self, events: list[TokenEvent], error: dict[str, Any] | None = None) -> None:
+        """Complete retired sequences (one call per version that ran them), then append
+        each one's ``done`` event. A bulk entry completes once its last row has retired."""
         if not events:
             return
-        finished: list[Finished] = []
+        finished: dict[int, list[Finished]] = {}
         done_events: dict[str, list[tuple[str, dict[str, Any]]]] = {}
         now = now_ms()
         for event in events:
             running = self.running.pop(event.key)
+            runtime = running.runtime
             if event.token_id is None and event.piece:  # a cancel flushed held-back text
                 running.text.append(event.piece)
             reason = event.finish_reason or "stop"
@@ -317,9 +354,10 @@ class GenerationLoop:
                 bulk.results[running.row] = {"status": state, **result}
                 if bulk.done():
                     del self.bulk[running.entry.ref]
-                    finished.append(Finished(bulk.entry, "done", _bulk_result(bulk.results)))
+                    done = Finished(bulk.entry, "done", _bulk_result(bulk.results))
+                    finished.setdefault(runtime.version, []).append(done)
                 continue
-            finished.append(Finished(running.entry, state, result))
+            finished.setdefault(runtime.version, []).append(Finished(running.entry, state, result))
             body = {"status": state, **result["generation"], "timings": result["timings"]}
             body["version"] = str(runtime.version)
             if "error" in result:
@@ -328,11 +366,12 @@ class GenerationLoop:
             if event.token_id is None and event.piece:  # the streamed pieces add up to the text
                 tail = {"index": len(running.tokens) - 1, "id": None, "text": event.piece}
                 done_events[event.key].insert(0, ("token", tail))
-        self.broker.complete(finished, self.settings.result_ttl_s, version=runtime.version)
+        for version, group in finished.items():
+            self.broker.complete(group, self.settings.result_ttl_s, version=version)
         if done_events:
             self._append(done_events)
             self.redis.zrem(keys.stopping(self.model), *done_events)
-        self.entries_done += len(finished)
+        self.entries_done += sum(len(group) for group in finished.values())
 
     def reclaim(self, room: int) -> list[Entry]:
         """Claim up to ``room`` entries other (dead) workers left idle past the visibility
@@ -365,7 +404,7 @@ class GenerationLoop:
         """Keep what runs here from being reclaimed; drop stop requests nobody acted on."""
         by_level: dict[int, set[str]] = {}
         held = [r.entry for r in self.running.values()] + [b.entry for b in self.bulk.values()]
-        held += self.pending
+        held += self.pending + [r.entry for r, _ in self.ready]
         for entry in held:
             by_level.setdefault(entry.priority, set()).add(entry.id)
         for level, ids in by_level.items():
