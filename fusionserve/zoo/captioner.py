@@ -56,8 +56,8 @@ MAX_NEW_TOKENS = 32
 MAX_ACTIVE = 32
 DECODER_LAYERS = 2
 CAPTIONER_STEPS = 3000
-CAPTIONER_SIZE: dict[str, int] = {}
-"""ModelSize overrides for the shipped captioner (the defaults: dim 64, 4 heads)."""
+CAPTIONER_SIZE: dict[str, int] = {"fusion_layers": 1}
+"""ModelSize overrides for the shipped captioner (dim 64, 4 heads; one early-fusion block)."""
 BATCH_SIZE = 64
 LEARNING_RATE = 1e-3
 WARMUP_STEPS = 100
