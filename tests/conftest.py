@@ -49,6 +49,7 @@ def _database_of_this_worker(url: str) -> str:
 
 
 TORCH_MODULES = {
+    "test_captioner_export",
     "test_client_generate",
     "test_compression",
     "test_console_generate",

@@ -19,7 +19,8 @@ def _args(*argv: str) -> argparse.Namespace:
 def test_defaults_are_the_demo() -> None:
     args = _args()
     assert args.strategy == train.DEMO_STRATEGY == cli.DEFAULT_STRATEGY
-    assert (args.name, args.version, args.min_accuracy) == ("demo", 1, 0.95)
+    assert (cli.model_name(args), args.version, args.min_accuracy) == ("demo", 1, 0.95)
+    assert cli.model_name(_args("--task", "generate")) == "captioner"
     assert args.model_repository == Path("model_repository")
     assert cli.STRATEGY_CHOICES == STRATEGIES
 

@@ -18,9 +18,10 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of the export subcommand (the main CLI mounts them on its own subparser)."""
     parser.add_argument(
         "--task",
-        choices=("vqa", "embedding"),
+        choices=("vqa", "embedding", "generate"),
         default="vqa",
-        help="vqa: a fusion classifier; embedding: the CLIP-style dual encoder (text + image)",
+        help="vqa: a fusion classifier; embedding: the CLIP-style dual encoder (text + image); "
+        "generate: the encoder-decoder that writes answers and descriptions (text + image)",
     )
     parser.add_argument(
         "--pretrained",
@@ -36,7 +37,11 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
         default="text,image",
         help="two or three of text, image, audio, comma-separated (default text,image)",
     )
-    parser.add_argument("--name", default="demo", help="model name in the repository")
+    parser.add_argument(
+        "--name",
+        default=None,
+        help="model name in the repository (default: captioner with --task generate, else demo)",
+    )
     parser.add_argument("--version", type=int, default=1, help="model version directory")
     parser.add_argument("--model-repository", type=Path, default=Path("model_repository"))
     parser.add_argument(
@@ -57,8 +62,21 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
         "--min-accuracy",
         type=float,
         default=0.95,
-        help="exit non-zero (and write nothing) below this held-out accuracy",
+        help="exit non-zero (and write nothing) below this held-out accuracy "
+        "(generate: exact answers)",
     )
+    parser.add_argument(
+        "--min-describe",
+        type=float,
+        default=0.90,
+        help="generate: exit non-zero (and write nothing) below this share of held-out "
+        "descriptions naming exactly the picture's objects",
+    )
+
+
+def model_name(args: argparse.Namespace) -> str:
+    """--name, or the task's default model name."""
+    return args.name or ("captioner" if args.task == "generate" else "demo")
 
 
 def run_export(args: argparse.Namespace) -> int:
@@ -66,6 +84,7 @@ def run_export(args: argparse.Namespace) -> int:
     from fusionserve.zoo import train as training
     from fusionserve.zoo.export import ParityError, export_to_repository
 
+    args.name = model_name(args)
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = sorted(set(variants) - {"int8", "fp16"})
     if unknown:
@@ -78,6 +97,8 @@ def run_export(args: argparse.Namespace) -> int:
         return _compress(args.model_repository, args.name, variants)
     if args.task == "embedding":
         return _export_embedding(args)
+    if args.task == "generate":
+        return _export_generation(args, variants)
     started = time.perf_counter()
     modalities = tuple(m.strip() for m in args.modalities.split(",") if m.strip())
     default_steps = training.AUDIO_STEPS if "audio" in modalities else training.DEMO_STEPS
@@ -130,6 +151,60 @@ def _export_embedding(args: argparse.Namespace) -> int:
     print(f"caption retrieval (top-1 of 256 held-out pictures): {retrieval_accuracy(model):.3f}")
     path, worst = export_embedding_model(model, args.model_repository, args.name, args.version)
     print(f"parity: max abs diff {worst:.2e}; wrote {path}")
+    return 0
+
+
+def _export_generation(args: argparse.Namespace, variants: list[str]) -> int:
+    from fusionserve.zoo import captioner
+
+    modalities = tuple(m.strip() for m in args.modalities.split(",") if m.strip())
+    if variants or args.pretrained or modalities != ("text", "image"):
+        print(
+            "error: --task generate is text + image only, without --variants or --pretrained",
+            file=sys.stderr,
+        )
+        return 2
+    started = time.perf_counter()
+    steps = args.steps if args.steps is not None else captioner.CAPTIONER_STEPS
+    seed = args.seed if args.seed is not None else captioner.TRAIN_SEED
+    print(f"training the captioner for {steps} steps (seed {seed})", flush=True)
+    model, figures = captioner.train_captioner(steps, seed)
+    trained = time.perf_counter() - started
+    print(
+        f"held-out after {trained:.0f}s of training: answers exact {figures['answer_exact']:.4f}, "
+        f"descriptions naming the objects {figures['describe_objects']:.4f} "
+        f"(exact {figures['describe_exact']:.4f})"
+    )
+    if figures["answer_exact"] < args.min_accuracy or figures["describe_objects"] < (
+        args.min_describe
+    ):
+        print(
+            f"error: below --min-accuracy {args.min_accuracy} or --min-describe "
+            f"{args.min_describe}",
+            file=sys.stderr,
+        )
+        return 1
+    try:
+        result = captioner.export_captioner(
+            model,
+            args.model_repository,
+            args.name,
+            args.version,
+            figures,
+            extra={"steps": steps, "seed": seed, "training_seconds": round(trained)},
+        )
+    except captioner.ParityError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    parity = result.parity
+    print(
+        f"parity on {captioner.PARITY_SAMPLES} held-out samples: max abs logit diff "
+        f"{parity['max_logit_diff']:.2e}, {parity['token_mismatches']:.0f} token mismatches; "
+        f"joined late: {parity['joined_max_logit_diff']:.2e}"
+    )
+    print(f"wrote {result.encoder_path} and {result.decoder_path} ({result.parameters} parameters)")
+    wall = time.perf_counter() - started
+    print(f"model files {result.total_bytes / 1e6:.2f} MB; wall time {wall:.0f}s")
     return 0
 
 

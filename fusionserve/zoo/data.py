@@ -110,6 +110,16 @@ PITCH_TEMPLATES: tuple[str, ...] = (
 )
 CAPTION_TEMPLATES: tuple[str, ...] = ("a picture of {objects}", "an image with {objects}")
 """Captions of the pictures, for contrastive (CLIP-style) pre-training of the encoders."""
+DESCRIBE_TEMPLATES: tuple[str, ...] = (
+    "describe the picture.",
+    "describe the image.",
+    "what is in the picture?",
+    "what can you see in this image?",
+    "list the objects in the picture.",
+    "describe what you see.",
+)
+"""Generation: asks for a description naming every object (see ``describe``)."""
+GENERATION_KINDS: tuple[str, ...] = ("answer", "describe")
 
 _CELL = IMAGE_SIZE // 2
 _MIN_SIZE, _MAX_SIZE = 22, 25
@@ -124,22 +134,27 @@ class Sample:
     label: int
     objects: tuple[tuple[str, str], ...] = ()  # (colour, shape) drawn, for checks and demos
     audio: np.ndarray | None = None  # float32 [AUDIO_SAMPLES] at SAMPLE_RATE, in [-1, 1]
-    kind: str = ""  # exist, colour, count, beeps or pitch
+    kind: str = ""  # exist, colour, count, beeps or pitch; answer or describe (generation)
+    target: str = ""  # generation: the text a model should write (see generation_samples)
 
     @property
     def answer(self) -> str:
-        return labels(ALL_MODALITIES)[self.label]
+        """The label's word; a description (label -1, no label) answers its target text."""
+        return self.target if self.label < 0 else labels(ALL_MODALITIES)[self.label]
 
 
 Scene = list[tuple[str, str]]  # (colour, shape) per object
 
 
-def vocabulary() -> list[str]:
+def vocabulary(generation: bool = False) -> list[str]:
     """Every word the templates can produce, in a stable order: token ids never move.
 
     The words of the image questions come first, sorted (the ids the shipped demo was
     trained with); the words audio questions and captions added come after them, so a
     tokenizer saved with a newer model still encodes older models' questions the same.
+    With ``generation``, the words only generation uses (its description questions and
+    the answers it writes) come last; without, the list (and so the classifiers'
+    embedding sizes and their seeded initialisation) is what it was.
     """
 
     def words(templates: Sequence[str]) -> set[str]:
@@ -155,11 +170,21 @@ def vocabulary() -> list[str]:
 
     base = words(EXIST_TEMPLATES + COLOUR_TEMPLATES + COUNT_TEMPLATES)
     added = words(BEEP_TEMPLATES + PITCH_TEMPLATES + CAPTION_TEMPLATES) | {"and"}
-    return sorted(base) + sorted(added - base)
+    known = sorted(base) + sorted(added - base)
+    if not generation:
+        return known
+    every = describe([(colour, shape) for colour in COLOURS for shape in SHAPES])
+    written = words(DESCRIBE_TEMPLATES) | set(LABELS) | set(every.split())
+    return known + sorted(written - set(known))
 
 
 def _draw(scene: Scene, rng: np.random.Generator) -> np.ndarray:
     """Render the scene: one object per grid cell, random size and offset inside the cell."""
+    return _draw_cells(scene, rng)[0]
+
+
+def _draw_cells(scene: Scene, rng: np.random.Generator) -> tuple[np.ndarray, list[int]]:
+    """``_draw``, also saying which grid cell (0-3, reading order) each object went to."""
     grey = int(rng.integers(0, 50))
     image = Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), (grey, grey, grey))
     draw = ImageDraw.Draw(image)
@@ -178,7 +203,7 @@ def _draw(scene: Scene, rng: np.random.Generator) -> np.ndarray:
             draw.rectangle((x0, y0, x1, y1), fill=fill)
         else:
             draw.polygon([((x0 + x1) / 2, y0), (x0, y1), (x1, y1)], fill=fill)
-    return np.asarray(image, dtype=np.uint8).copy()
+    return np.asarray(image, dtype=np.uint8).copy(), [int(c) for c in cells]
 
 
 def _random_object(rng: np.random.Generator, exclude_shape: str | None = None) -> tuple[str, str]:
@@ -293,6 +318,46 @@ def caption(objects: Sequence[tuple[str, str]], rng: np.random.Generator) -> str
     return str(rng.choice(CAPTION_TEMPLATES)).format(objects=joined)
 
 
+def describe(objects: Sequence[tuple[str, str]]) -> str:
+    """The description a generation model writes: every object, in the order given.
+
+    "a red square and a blue circle and a green triangle": words only (the tokenizer
+    drops punctuation), so a description's token ids decode back to exactly this text.
+    """
+    return " and ".join(f"a {colour} {shape}" for colour, shape in objects)
+
+
+def described_objects(text: str) -> list[tuple[str, str]]:
+    """The (colour, shape) pairs a description names, in order (the inverse of describe)."""
+    pattern = rf"\b({'|'.join(COLOURS)}) ({'|'.join(SHAPES)})\b"
+    return [(m.group(1), m.group(2)) for m in re.finditer(pattern, text)]
+
+
+def generation_sample_from(rng: np.random.Generator) -> Sample:
+    """Half the time a question of the classifier set answered in words (kind "answer",
+    target = the answer word), else a request for a description (kind "describe", target
+    = ``describe`` of the objects in the grid cells' reading order: top-left, top-right,
+    bottom-left, bottom-right; ``objects`` is in that order too)."""
+    if rng.random() < 0.5:
+        sample = sample_from(rng)
+        sample.kind, sample.target = "answer", sample.answer
+        return sample
+    scene = _random_scene(rng)
+    question = str(rng.choice(DESCRIBE_TEMPLATES))
+    image, cells = _draw_cells(scene, rng)
+    ordered = tuple(obj for _, obj in sorted(zip(cells, scene, strict=True)))
+    return Sample(image, question, -1, ordered, kind="describe", target=describe(ordered))
+
+
+def generation_samples(n: int, seed: int | Sequence[int]) -> list[Sample]:
+    """`n` text-generation samples (text + image), a pure function of `seed`.
+
+    Each has a ``target`` text and a ``kind`` ("answer" or "describe", about half each).
+    """
+    rng = np.random.default_rng(seed)
+    return [generation_sample_from(rng) for _ in range(n)]
+
+
 def generate(
     n: int, seed: int | Sequence[int], modalities: Sequence[str] = MODALITIES
 ) -> list[Sample]:
@@ -335,18 +400,34 @@ def png_bytes(image: np.ndarray) -> bytes:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m fusionserve.zoo.data sample --seed S --png out.png`: one sample for curl."""
+    """`python -m fusionserve.zoo.data sample --seed S --png out.png`: one sample for curl.
+
+    With ``--task generate`` the sample is a generation one and the line holds the text
+    a generation model should write (``expected``) and its kind (answer or describe).
+    """
     parser = argparse.ArgumentParser(prog="python -m fusionserve.zoo.data")
     sub = parser.add_subparsers(dest="command", required=True)
     sample = sub.add_parser("sample", help="write one sample's PNG, print its question/answer")
     sample.add_argument("--seed", type=int, default=HELD_OUT_SEED)
     sample.add_argument("--png", required=True, help="output PNG path")
+    sample.add_argument(
+        "--task",
+        choices=("classify", "generate"),
+        default="classify",
+        help="classify: a VQA question and its label; generate: a question or a request "
+        "for a description, and the expected text",
+    )
     args = parser.parse_args(argv)
 
-    (one,) = generate(1, args.seed)
+    if args.task == "generate":
+        (one,) = generation_samples(1, args.seed)
+        line = {"question": one.question, "expected": one.target, "kind": one.kind}
+    else:
+        (one,) = generate(1, args.seed)
+        line = {"question": one.question, "answer": one.answer}
     with open(args.png, "wb") as f:
         f.write(png_bytes(one.image))
-    print(json.dumps({"question": one.question, "answer": one.answer}))
+    print(json.dumps(line))
     return 0
 
 

@@ -160,10 +160,13 @@ def render_config(
     modalities: tuple[str, ...] = ("text", "image"),
     extra: dict[str, object] | None = None,
     description: str | None = None,
+    generation: dict[str, object] | None = None,
 ) -> str:
     """config.toml for the server: batching, instances, pre- and post-processing.
 
     With a ``description`` (an embedding model, not a classifier) there are no labels.
+    With ``generation`` (a text-generation model: ``task = "generate"``) its table is
+    written instead of the labels.
     """
     training: dict[str, object] = {"strategy": strategy, "modalities": list(modalities)}
     if accuracy is not None:
@@ -180,6 +183,7 @@ def render_config(
                 "description": description
                 or f"{strategy} fusion, {' + '.join(modalities)} VQA on the synthetic shapes set",
                 "modalities": list(modalities),
+                **({"task": "generate"} if generation is not None else {}),
             },
         ),
         (
@@ -197,9 +201,10 @@ def render_config(
         *_preprocessing(modalities),
         *(
             [("postprocessing", {"label_output": OUTPUT_NAME, "labels": labels(modalities)})]
-            if description is None
+            if description is None and generation is None
             else []
         ),
+        *([("generation", generation)] if generation is not None else []),
         ("training", training),
     ]
     lines: list[str] = []

@@ -63,13 +63,26 @@ class Attention(nn.Module):
         self.out = nn.Linear(dim, dim)
 
     def forward(self, x: Tensor, context: Tensor, key_mask: Tensor | None = None) -> Tensor:
-        q = self.q(x).unflatten(-1, (self.heads, -1)).transpose(1, 2)  # N H L Dh
+        q, k, v = self.project(x, context)
+        allowed = None if key_mask is None else key_mask[:, None, None, :]
+        return self.attend(q, k, v, allowed)
+
+    def split(self, x: Tensor) -> Tensor:
+        """[N, L, dim] -> [N, H, L, Dh]."""
+        return x.unflatten(-1, (self.heads, -1)).transpose(1, 2)
+
+    def project(self, x: Tensor, context: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Queries of `x`, keys and values of `context`, each [N, H, length, Dh]."""
         k, v = self.kv(context).chunk(2, dim=-1)
-        k = k.unflatten(-1, (self.heads, -1)).transpose(1, 2)  # N H S Dh
-        v = v.unflatten(-1, (self.heads, -1)).transpose(1, 2)
+        return self.split(self.q(x)), self.split(k), self.split(v)
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, allowed: Tensor | None) -> Tensor:
+        """Softmax attention, then the output projection: [N, L, dim]. ``allowed`` (bool,
+        broadcast to [N, H, L, S]) marks the keys a query may see; the others get exactly
+        zero weight, so what they hold has no effect (as long as it is finite)."""
         scores = (q @ k.transpose(-1, -2)) * self.scale
-        if key_mask is not None:
-            scores = scores.masked_fill(~key_mask[:, None, None, :], _MASKED)
+        if allowed is not None:
+            scores = scores.masked_fill(~allowed, _MASKED)
         weights = scores.softmax(dim=-1)
         return self.out((weights @ v).transpose(1, 2).flatten(-2))
 
@@ -215,34 +228,19 @@ class AudioEncoder(nn.Module):
         return self.norm(x)
 
 
-class FusionModel(nn.Module):
-    """Shared encoders and classifier head; subclasses define `fuse` -> pooled [N, dim].
-
-    ``fuse`` gets one (tokens [N, S, dim], real-token mask bool [N, S]) per modality, in
-    the model's modality order (text first when present: it asks the question).
-    """
-
-    strategy = ""
+class Encoders(nn.Module):
+    """One encoder per modality (text, image, audio: those in ``modalities``)."""
 
     def __init__(
-        self,
-        num_labels: int,
-        vocab_size: int,
-        size: ModelSize,
-        modalities: Sequence[str] = MODALITIES,
+        self, vocab_size: int, size: ModelSize, modalities: Sequence[str] = MODALITIES
     ) -> None:
         super().__init__()
         self.size = size
-        self.num_labels = num_labels
         self.vocab_size = vocab_size
         self.modalities = tuple(modalities)
         self.text = TextEncoder(vocab_size, size) if "text" in modalities else None
         self.image = ImageEncoder(size) if "image" in modalities else None
         self.audio = AudioEncoder(size) if "audio" in modalities else None
-        self.head = nn.Sequential(nn.LayerNorm(size.dim), MLP(size.dim, size.dim, num_labels))
-
-    def forward(self, *inputs: Tensor) -> Tensor:
-        return self.head(self.fuse(self.encode(inputs)))
 
     def encode(self, inputs: Sequence[Tensor]) -> list[tuple[Tensor, Tensor]]:
         """Each modality's tokens and mask, reading ``inputs`` in the model's input order."""
@@ -260,6 +258,30 @@ class FusionModel(nn.Module):
             at += 1
         return encoded
 
+
+class FusionModel(Encoders):
+    """Shared encoders and classifier head; subclasses define `fuse` -> pooled [N, dim].
+
+    ``fuse`` gets one (tokens [N, S, dim], real-token mask bool [N, S]) per modality, in
+    the model's modality order (text first when present: it asks the question).
+    """
+
+    strategy = ""
+
+    def __init__(
+        self,
+        num_labels: int,
+        vocab_size: int,
+        size: ModelSize,
+        modalities: Sequence[str] = MODALITIES,
+    ) -> None:
+        super().__init__(vocab_size, size, modalities)
+        self.num_labels = num_labels
+        self.head = nn.Sequential(nn.LayerNorm(size.dim), MLP(size.dim, size.dim, num_labels))
+
+    def forward(self, *inputs: Tensor) -> Tensor:
+        return self.head(self.fuse(self.encode(inputs)))
+
     def fuse(self, encoded: list[tuple[Tensor, Tensor]]) -> Tensor:
         raise NotImplementedError
 
@@ -273,11 +295,15 @@ class EarlyPath(nn.Module):
         self.blocks = _stack(size, size.fusion_layers)
 
     def forward(self, encoded: list[tuple[Tensor, Tensor]]) -> Tensor:
+        return masked_mean(*self.tokens(encoded))
+
+    def tokens(self, encoded: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
+        """The joint sequence after the blocks, unpooled: ([N, S, dim], mask bool [N, S])."""
         x = torch.cat([t + self.modality[i] for i, (t, _) in enumerate(encoded)], dim=1)
         joint_mask = torch.cat([m for _, m in encoded], dim=1)
         for block in self.blocks:
             x = block(x, joint_mask)
-        return masked_mean(x, joint_mask)
+        return x, joint_mask
 
 
 class CrossPath(nn.Module):

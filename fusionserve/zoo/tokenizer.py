@@ -15,17 +15,27 @@ from fusionserve.zoo.data import Sample, normalize, vocabulary
 
 PAD_TOKEN, UNK_TOKEN, CLS_TOKEN = "[PAD]", "[UNK]", "[CLS]"
 PAD_ID, UNK_ID, CLS_ID = 0, 1, 2
+BOS_TOKEN, EOS_TOKEN = "[BOS]", "[EOS]"
+"""Generation only: the first input token of every output, and the token that ends it.
+They come after every word (ids len(vocabulary) + 3 and + 4), so the words keep their ids."""
 MAX_LENGTH = 32
 
 
-def build_tokenizer(max_length: int = MAX_LENGTH) -> Tokenizer:
+def build_tokenizer(max_length: int = MAX_LENGTH, generation: bool = False) -> Tokenizer:
     """WordLevel tokenizer: lowercases, drops punctuation, prepends [CLS], truncates.
 
-    "Is there a RED square?" and "is there a red square" encode the same.
+    "Is there a RED square?" and "is there a red square" encode the same. With
+    ``generation`` it also holds the words generation writes and [BOS], [EOS] (last):
+    one file for the questions and the outputs.
     """
     vocab = {PAD_TOKEN: PAD_ID, UNK_TOKEN: UNK_ID, CLS_TOKEN: CLS_ID}
-    for word in vocabulary():
+    for word in vocabulary(generation):
         vocab[word] = len(vocab)
+    specials = [PAD_TOKEN, UNK_TOKEN, CLS_TOKEN]
+    if generation:
+        for token in (BOS_TOKEN, EOS_TOKEN):
+            vocab[token] = len(vocab)
+        specials += [BOS_TOKEN, EOS_TOKEN]
     tokenizer = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK_TOKEN))
     tokenizer.normalizer = normalizers.Sequence(
         [normalizers.NFKC(), normalizers.Lowercase(), normalizers.Replace(Regex(r"[^\w\s]"), " ")]
@@ -34,9 +44,19 @@ def build_tokenizer(max_length: int = MAX_LENGTH) -> Tokenizer:
     tokenizer.post_processor = processors.TemplateProcessing(
         single=f"{CLS_TOKEN} $A", special_tokens=[(CLS_TOKEN, CLS_ID)]
     )
-    tokenizer.add_special_tokens([PAD_TOKEN, UNK_TOKEN, CLS_TOKEN])
+    tokenizer.add_special_tokens(specials)
     tokenizer.enable_truncation(max_length=max_length)
     return tokenizer
+
+
+def encode_text(tokenizer: Tokenizer, text: str) -> list[int]:
+    """An output text's token ids: its words only (no [CLS]), normalised as questions are."""
+    return tokenizer.encode(text, add_special_tokens=False).ids
+
+
+def decode_text(tokenizer: Tokenizer, ids: Sequence[int]) -> str:
+    """Generated ids -> text: the words joined by single spaces, special tokens dropped."""
+    return tokenizer.decode(list(ids), skip_special_tokens=True)
 
 
 def encode_batch(
