@@ -48,13 +48,17 @@ def append(
     events: Sequence[tuple[str, dict[str, Any]]],
     *,
     cap: int,
-    ttl_s: int,
+    ttl_s: int | None,
 ) -> None:
-    """Queue ``events`` for one request on ``pipe`` (the caller executes it once per step)."""
+    """Queue ``events`` for one request on ``pipe`` (the caller executes it once per step).
+
+    ``ttl_s`` (re)sets the stream's expiry: the caller passes it with a request's first
+    events and its last, and None in between (one command fewer per token)."""
     key = keys.tokens(model, ref)
     for event, data in events:
         pipe.xadd(key, {"e": event, "d": orjson.dumps(data)}, maxlen=cap, approximate=True)
-    pipe.expire(key, ttl_s)
+    if ttl_s is not None:
+        pipe.expire(key, ttl_s)
 
 
 def read(

@@ -228,7 +228,7 @@ def test_a_killed_workers_request_finishes_on_another_with_a_restart_event(
     assert httpx.get(f"{stack.url}/v1/jobs/{job}").json()["text"] == text
 
 
-def test_resuming_after_last_event_id_gives_the_rest(stack) -> None:
+def test_resuming_after_last_event_id_gives_the_rest(stack, module_redis) -> None:
     with httpx.Client(base_url=stack.url, timeout=30) as http:
         job = http.post(
             f"/v1/models/{MODEL}/generate", json={"inputs": named(request_inputs(6))}
@@ -237,6 +237,8 @@ def test_resuming_after_last_event_id_gives_the_rest(stack) -> None:
         with http.stream("GET", f"/v1/jobs/{job}/events") as response:
             everything = list(sse(response))
         assert len(everything) >= 2
+        entry = job.split(".")[1]
+        assert 0 < module_redis.ttl(f"fs:{{{MODEL}}}:tokens:{entry}") <= 3600  # it expires
         with http.stream(
             "GET", f"/v1/jobs/{job}/events", headers={"Last-Event-ID": everything[0][0]}
         ) as response:

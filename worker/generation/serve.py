@@ -320,9 +320,15 @@ class GenerationLoop:
     def _queue_events(
         self, pipe: redis.client.Pipeline, events: dict[str, list[tuple[str, dict[str, Any]]]]
     ) -> None:
+        """Queue token events; a stream's expiry is set with its first token and its final
+        event (and a restart), not with every token."""
         cap = (self.runtime.spec.max_new_tokens if self.runtime else 0) + STREAM_EXTRA
+        ttl = self.settings.result_ttl_s
         for ref, items in events.items():
-            tokens.append(pipe, self.model, ref, items, cap=cap, ttl_s=self.settings.result_ttl_s)
+            first_or_last = items[0][0] != "token" or items[-1][0] != "token"
+            first_or_last = first_or_last or items[0][1].get("index") == 0
+            expiry = ttl if first_or_last else None
+            tokens.append(pipe, self.model, ref, items, cap=cap, ttl_s=expiry)
 
     def _append(self, events: dict[str, list[tuple[str, dict[str, Any]]]]) -> None:
         with self.redis.pipeline(transaction=False) as pipe:
