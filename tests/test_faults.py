@@ -156,9 +156,20 @@ def test_a_worker_cut_off_mid_batch_is_replaced_and_its_late_result_changes_noth
                 for _ in range(60)
             ]
             victim.send_signal(signal.SIGCONT)
-            wait_until(lambda: held_by(client, f"-{victim.pid}-") > 0, "victim holds nothing")
-            _run("ip", "link", "set", link, "down")  # cut off, mid-batch
+
+            def holds_while_stopped() -> bool:
+                """Stopped while it holds entries, so it cannot finish them before the cut
+                (on a loaded box it could between a check and the cut)."""
+                victim.send_signal(signal.SIGSTOP)
+                if held_by(client, f"-{victim.pid}-") > 0:
+                    return True
+                victim.send_signal(signal.SIGCONT)
+                return False
+
+            wait_until(holds_while_stopped, "victim holds nothing")
             stranded = held_by(client, f"-{victim.pid}-")
+            _run("ip", "link", "set", link, "down")  # cut off, mid-batch
+            victim.send_signal(signal.SIGCONT)
             stack.start_worker("heavy")  # a worker elsewhere
             first = wait_all(http, job_ids, timeout_s=120)
             assert {r["status"] for r in first.values()} == {"done"}
