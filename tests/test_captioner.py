@@ -7,6 +7,8 @@ ONNX Runtime, numpy and tokenizers only, like a serving host (no torch).
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -211,3 +213,11 @@ def test_reference_greedy_matches_a_batch_from_the_start(generator: ReferenceGen
     for short, full in zip(capped, batched, strict=True):
         assert short.ids == full.ids[:2]
         assert short.finish_reason == ("stop" if len(full.ids) < 2 else "length")
+
+
+def test_the_reference_decoder_does_not_import_torch() -> None:
+    code = (
+        "import sys, fusionserve.zoo.generate_reference; "
+        "assert 'torch' not in sys.modules, 'torch imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPOSITORY.parent)

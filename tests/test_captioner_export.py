@@ -108,13 +108,38 @@ def test_cli_generate_rejects_what_it_cannot_do(tmp_path: Path) -> None:
     assert not any(tmp_path.iterdir())
 
 
-def test_cli_below_the_bar_writes_nothing(tmp_path: Path, capsys) -> None:
+@pytest.fixture
+def quick_held_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An untrained model writes max_new_tokens every time: score 50 samples, not 1000."""
+    monkeypatch.setattr(captioner, "HELD_OUT_SAMPLES", 50)
+
+
+def test_cli_below_the_bar_writes_nothing(tmp_path: Path, capsys, quick_held_out) -> None:
     parser = cli.argparse.ArgumentParser()
     cli.add_export_arguments(parser)
     argv = ["--task", "generate", "--steps", "2", "--model-repository", str(tmp_path)]
     assert cli.run_export(parser.parse_args(argv)) == 1
     assert not any(tmp_path.iterdir())
     assert "answers exact" in capsys.readouterr().out
+
+
+def test_cli_writes_the_repository_entry(tmp_path: Path, capsys, quick_held_out) -> None:
+    parser = cli.argparse.ArgumentParser()
+    cli.add_export_arguments(parser)
+    argv = ["--task", "generate", "--steps", "2", "--version", "3"]
+    argv += ["--min-accuracy", "0", "--min-describe", "0", "--model-repository", str(tmp_path)]
+    assert cli.run_export(parser.parse_args(argv)) == 0
+    files = {p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file()}
+    assert files == {
+        "captioner/config.toml",
+        "captioner/tokenizer.json",
+        "captioner/3/encoder.onnx",
+        "captioner/3/decoder.onnx",
+    }
+    training = tomllib.loads((tmp_path / "captioner" / "config.toml").read_text())["training"]
+    assert training["steps"] == 2 and training["seed"] == 0
+    out = capsys.readouterr().out
+    assert "parity on 200 held-out samples" in out and "0 token mismatches" in out
 
 
 @pytest.mark.slow

@@ -168,7 +168,7 @@ def _export_generation(args: argparse.Namespace, variants: list[str]) -> int:
     steps = args.steps if args.steps is not None else captioner.CAPTIONER_STEPS
     seed = args.seed if args.seed is not None else captioner.TRAIN_SEED
     print(f"training the captioner for {steps} steps (seed {seed})", flush=True)
-    model, figures = captioner.train_captioner(steps, seed)
+    model, figures = captioner.train_captioner(steps, seed, held_out=captioner.HELD_OUT_SAMPLES)
     trained = time.perf_counter() - started
     print(
         f"held-out after {trained:.0f}s of training: answers exact {figures['answer_exact']:.4f}, "
