@@ -24,7 +24,6 @@ import redis
 
 from batching import keys
 
-EVENTS = frozenset({"token", "restart", "done", "error"})
 FINAL = frozenset({"done", "error"})
 READ_BLOCK_MS = 1000
 """One blocking read of a token stream; a reader that heard nothing for this long can
@@ -73,11 +72,6 @@ def read(
                 TokenEvent(eid.decode(), fields[b"e"].decode(), orjson.loads(fields[b"d"]))
             )
     return found
-
-
-def started(client: redis.Redis, model: str, ref: str) -> bool:
-    """Whether an earlier run of this request already wrote events (a restart is due)."""
-    return bool(client.exists(keys.tokens(model, ref)))
 
 
 def last_id(client: redis.Redis, model: str, ref: str) -> str | None:

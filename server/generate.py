@@ -23,6 +23,7 @@ from pydantic import ValidationError
 
 from batching import tokens
 from batching.generation import GenerationParameters, OverCap
+from batching.inputs import entry_tensors
 from batching.items import Item, describe_errors
 from batching.registry import PublishedModel
 from batching.tokens import FINAL, TokenEvent
@@ -102,8 +103,6 @@ def submit(
     version: int = 0,
 ) -> tuple[str, int]:
     """Queue one generation request; (entry reference, deadline in unix ms)."""
-    from batching.inputs import entry_tensors
-
     svc = services()
     config = model.meta.config.generation
     assert config is not None
