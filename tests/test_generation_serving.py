@@ -244,6 +244,8 @@ def test_resuming_after_last_event_id_gives_the_rest(stack, module_redis) -> Non
         ) as response:
             rest = list(sse(response))
         assert rest == everything[1:]
+        bad = http.get(f"/v1/jobs/{job}/events", headers={"Last-Event-ID": "yesterday"})
+        assert bad.status_code == 422 and "Last-Event-ID" in bad.json()["error"]["message"]
         # After the last event: nothing more, at once (not a wait for the deadline).
         last = {"Last-Event-ID": everything[-1][0]}
         with http.stream("GET", f"/v1/jobs/{job}/events", headers=last, timeout=3) as response:
