@@ -26,6 +26,7 @@ def test_a_poisoned_item_fails_alone(stack_factory, redis_client, tmp_path: Path
         }
         v2 = {"inputs": [{"name": "idx", "shape": [2], "datatype": "INT64", "data": [1, POISON]}]}
         stack.start_worker()
+        stack.wait_ready("lookup", 1)  # /v2 refuses (503) until a worker is seen, by design
         whole = http.post("/v2/models/lookup/infer", json=v2)
         results = wait_all(http, [*list_ids, *singles.values()])
 
