@@ -78,6 +78,13 @@ class LocalStack:
         self.workers.append(proc)
         return proc
 
+    def stop_worker(self, proc: subprocess.Popen[bytes], timeout_s: float = 30) -> int:
+        """Drain ``proc`` (SIGTERM) and forget it, so ``wait_ready`` never blames its exit."""
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout_s)
+        self.workers.remove(proc)
+        return code
+
     def start_bulk_worker(self, *queues: str, **env: str) -> subprocess.Popen[bytes]:
         """An RQ bulk worker in its own process group: killing the group takes its job too."""
         args = [x for q in queues for x in ("--queue", q)]

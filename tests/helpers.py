@@ -51,12 +51,9 @@ def wait_all(http: httpx.Client, job_ids: Iterable[str], timeout_s: float = 120)
 
 def publish_then_pause(stack, model: str) -> None:
     """Start a worker so the model is published, then stop it: work queues until one returns."""
-    import signal
-
     worker = stack.start_worker(model)
     stack.wait_ready(model, 1)
-    worker.send_signal(signal.SIGTERM)
-    worker.wait(30)
+    stack.stop_worker(worker)
 
 
 def reference_session() -> ort.InferenceSession:

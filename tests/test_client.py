@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
-import signal
 import time
 from pathlib import Path
 
@@ -203,8 +202,7 @@ def test_wait_gives_up_with_the_last_state_and_expired_jobs_say_why(
     stack.start_api()
     worker = stack.start_worker()
     stack.wait_ready(MODEL, 1)
-    worker.send_signal(signal.SIGTERM)
-    assert worker.wait(20) == 0
+    assert stack.stop_worker(worker) == 0
     with Client(stack.url) as fs:
         queued = fs.submit(MODEL, inputs={"x": X})
         doomed = fs.submit(MODEL, inputs={"x": X}, timeout_ms=1)  # deadline passes unbatched
@@ -227,8 +225,7 @@ def test_queue_full_is_retried_then_raised_and_clears_once_a_worker_runs(
     stack.start_api()
     worker = stack.start_worker()
     stack.wait_ready("tiny", 1)  # it publishes the model, then leaves: nothing drains the queue
-    worker.send_signal(signal.SIGTERM)
-    assert worker.wait(20) == 0
+    assert stack.stop_worker(worker) == 0
 
     hook = Counter()
     quick = {"backoff": 0.05, "backoff_max": 0.1}

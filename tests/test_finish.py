@@ -7,7 +7,6 @@ the record keeps its batch's retention, not the online result TTL.
 
 from __future__ import annotations
 
-import signal
 from pathlib import Path
 
 import httpx
@@ -185,7 +184,6 @@ def test_work_that_never_ran_counts_in_a_version_that_is_read(
         return int(redis_client.hget(keys.stats(MODEL, 1), "fail_count") or 0) == 1
 
     wait_until(counted, "the expired job was not counted in the version served")
-    worker.send_signal(signal.SIGTERM)
-    assert worker.wait(30) == 0
+    assert stack.stop_worker(worker) == 0
     assert httpx.get(f"{stack.url}/v1/jobs/{job_id}", timeout=30).json()["status"] == "expired"
     assert not redis_client.exists(keys.stats(MODEL, 0)), "statistics written to stats:0"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import signal
 import subprocess
 from pathlib import Path
 
@@ -38,8 +37,7 @@ def test_metrics_count_outcomes_batches_and_queues(
             for _ in range(2)
         ]
         wait_all(http, done)
-        first.send_signal(signal.SIGTERM)
-        first.wait(30)
+        stack.stop_worker(first)
         kept = http.post("/v1/models/scale/infer", json={"inputs": {"x": [1, 2, 3, 4]}}).json()[
             "job_id"
         ]
