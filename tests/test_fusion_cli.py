@@ -6,6 +6,8 @@ import argparse
 import tomllib
 from pathlib import Path
 
+from stack import ROOT
+
 from fusionserve.zoo import cli, train
 from fusionserve.zoo.models import STRATEGIES
 
@@ -21,6 +23,9 @@ def test_defaults_are_the_demo() -> None:
     assert args.strategy == train.DEMO_STRATEGY == cli.DEFAULT_STRATEGY
     assert (cli.model_name(args), args.version, args.min_accuracy) == ("demo", 1, 0.95)
     assert cli.model_name(_args("--task", "generate")) == "captioner"
+    assert cli.model_name(_args("--task", "embedding")) == "clip"  # never the demo classifier
+    shipped = {p.parent.name for p in (ROOT / "model_repository").glob("*/config.toml")}
+    assert set(cli.DEFAULT_NAMES.values()) <= shipped
     assert args.model_repository == Path("model_repository")
     assert cli.STRATEGY_CHOICES == STRATEGIES
 

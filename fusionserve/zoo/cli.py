@@ -40,7 +40,8 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--name",
         default=None,
-        help="model name in the repository (default: captioner with --task generate, else demo)",
+        help="model name in the repository (default: the shipped model of the task: demo, "
+        "clip with --task embedding, captioner with --task generate)",
     )
     parser.add_argument("--version", type=int, default=1, help="model version directory")
     parser.add_argument("--model-repository", type=Path, default=Path("model_repository"))
@@ -74,9 +75,13 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+DEFAULT_NAMES = {"vqa": "demo", "embedding": "clip", "generate": "captioner"}
+"""Each task's shipped model: an export without --name replaces it, never another task's."""
+
+
 def model_name(args: argparse.Namespace) -> str:
     """--name, or the task's default model name."""
-    return args.name or ("captioner" if args.task == "generate" else "demo")
+    return args.name or DEFAULT_NAMES[args.task]
 
 
 def run_export(args: argparse.Namespace) -> int:
