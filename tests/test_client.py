@@ -24,6 +24,7 @@ from fusionserve.client import (
     ConnectionFailed,
     FusionServeError,
     InvalidInput,
+    NotCancellable,
     NotFound,
     PayloadTooLarge,
     QueueFull,
@@ -194,7 +195,7 @@ def test_each_error_family_from_a_real_bad_request(scale_url: str) -> None:
         assert all(isinstance(e.value, FusionServeError) for e in (unknown_model, too_many))
 
 
-def test_wait_gives_up_with_the_last_state_and_expired_jobs_say_why(
+def test_wait_gives_up_with_the_last_state_expired_jobs_say_why_and_cancel_stops_queued_ones(
     stack_factory, tmp_path: Path
 ) -> None:
     scale_model(tmp_path / "repo", MODEL)
@@ -209,8 +210,18 @@ def test_wait_gives_up_with_the_last_state_and_expired_jobs_say_why(
         with pytest.raises(WaitTimeout) as info:
             fs.wait(queued, timeout=0.3, poll=0.1)
         assert info.value.last.status == "queued" and not info.value.last.done
+        dropped = fs.submit(MODEL, inputs={"x": X})
+        cancelled = fs.cancel(dropped)
+        assert (cancelled.job_id, cancelled.status, cancelled.done) == (dropped, "cancelled", True)
+        assert fs.cancel(dropped).status == "cancelled"  # asking again is harmless
         stack.start_worker()
         assert fs.wait(queued, timeout=30).ok
+        with pytest.raises(NotCancellable) as late:
+            fs.cancel(queued)  # it ran
+        assert (late.value.status, late.value.code) == (409, "not_cancellable")
+        with pytest.raises(NotFound):
+            fs.cancel(f"{MODEL}.0-0-1.0")
+        assert fs.result(dropped).status == "cancelled" and fs.result(dropped).outputs == {}
         expired = fs.wait(doomed, timeout=30)
         assert (expired.status, expired.done, expired.ok) == ("expired", True, False)
         assert expired.error is not None and expired.error.code == "expired"
@@ -289,6 +300,8 @@ def test_async_client_equivalents(scale_url: str) -> None:
             many = [fs.submit(MODEL, inputs={"x": X * i}) for i in range(20)]
             waits = [fs.wait(j, timeout=20) for j in await asyncio.gather(*many)]
             assert all(r.ok for r in await asyncio.gather(*waits))
+            with pytest.raises(NotCancellable):
+                await fs.cancel(job_id)  # done
             with pytest.raises(NotFound):
                 await fs.submit("nosuch", inputs={"x": X})
             with pytest.raises(InvalidInput):

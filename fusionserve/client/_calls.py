@@ -84,6 +84,12 @@ def result(job_id: str, wait: float | None, timeout: float) -> Call[JobResult]:
     )
 
 
+def cancel(job_id: str) -> Call[JobResult]:
+    """``DELETE /v1/jobs/<id>``: the job, cancelled; a generation being written answers 202 and
+    stops at its worker's next step (poll it to see ``cancelled``)."""
+    return Call("DELETE", f"/v1/jobs/{_seg(job_id)}", lambda r: JobResult.from_json(_json(r)))
+
+
 def generate(model: str, body: dict[str, Any]) -> Call[str]:
     """``POST /v1/models/<m>/generate``: queue a generation job; its id."""
     return Call(

@@ -104,6 +104,11 @@ class AsyncClient:
     async def result(self, job_id: str, wait: float | None = None) -> JobResult:
         return await self.request(_calls.result(job_id, wait, self.timeout))
 
+    async def cancel(self, job_id: str) -> JobResult:
+        """Cancel a queued job (it never reaches the model) or stop a generation being
+        written. Raises NotCancellable once a job has run, NotFound for an unknown id."""
+        return await self.request(_calls.cancel(job_id))
+
     async def wait(
         self, job_id: str, timeout: float = 60.0, *, poll: float = _base.WAIT_CHUNK_S
     ) -> JobResult:

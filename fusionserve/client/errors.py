@@ -68,6 +68,10 @@ class QueueFull(FusionServeError):
     """429: the model's queue is full; nothing was enqueued, so a retry is safe."""
 
 
+class NotCancellable(FusionServeError):
+    """409: the job or batch has already started or finished, so it can no longer be cancelled."""
+
+
 class Unavailable(FusionServeError):
     """503: the server cannot reach its queue (Redis); retry shortly."""
 
@@ -101,6 +105,7 @@ class WaitTimeout(TimeoutError):
 BY_STATUS: dict[int, type[FusionServeError]] = {
     400: BadRequest,
     404: NotFound,
+    409: NotCancellable,
     413: PayloadTooLarge,
     422: InvalidInput,
     429: QueueFull,

@@ -107,6 +107,11 @@ class Client:
         """The job now, or once final within ``wait`` seconds (a long poll, no busy polling)."""
         return self.request(_calls.result(job_id, wait, self.timeout))
 
+    def cancel(self, job_id: str) -> JobResult:
+        """Cancel a queued job (it never reaches the model) or stop a generation being
+        written. Raises NotCancellable once a job has run, NotFound for an unknown id."""
+        return self.request(_calls.cancel(job_id))
+
     def wait(
         self, job_id: str, timeout: float = 60.0, *, poll: float = _base.WAIT_CHUNK_S
     ) -> JobResult:
