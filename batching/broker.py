@@ -289,9 +289,17 @@ class QueueFull(Exception):
     """The model's queue holds ``max_queue_size`` entries: admission refused, nothing enqueued."""
 
 
+class NotReplicated(redis.TimeoutError):
+    """The master took the submission, but no replica confirmed it in time (a failover may
+    be under way): it may be queued, or lost with the old master. Never acknowledged."""
+
+
 class Broker:
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis, min_replicas: int = 0, wait_ms: int = 1000) -> None:
+        """``min_replicas``: a submission with a job record is acknowledged only once that
+        many replicas have it (WAIT, at most ``wait_ms``), so a failover cannot lose it."""
         self.redis = client
+        self.min_replicas, self.wait_ms = min_replicas, wait_ms
         self._submit = load_script(client, "submit")
         self._start = load_script(client, "start")
         self._pull = load_script(client, "pull")
@@ -318,11 +326,20 @@ class Broker:
         outcomes: list[str | Exception] = [QueueFull("")] * len(entries)
         todo = list(range(len(entries)))
         for attempt in range(2):
+            durable = self.min_replicas and any(not entries[i].sync for i in todo)
             with self.redis.pipeline(transaction=False) as pipe:
                 for i in todo:
                     keys_, args = entries[i].script_args()
                     pipe.evalsha(self._submit.sha, len(keys_), *keys_, *args)
+                if durable:
+                    pipe.execute_command("WAIT", self.min_replicas, self.wait_ms)
                 replies = pipe.execute(raise_on_error=False)
+            if durable and not self._replicated(replies.pop()):
+                lost = NotReplicated(f"no replica confirmed it within {self.wait_ms} ms")
+                replies = [  # an entry added, unconfirmed: never acknowledged
+                    lost if isinstance(r, bytes) and not entries[i].sync else r
+                    for i, r in zip(todo, replies, strict=True)
+                ]
             missing = []
             for i, reply in zip(todo, replies, strict=True):
                 if isinstance(reply, redis.exceptions.NoScriptError) and attempt == 0:
@@ -342,6 +359,14 @@ class Broker:
             self.redis.script_load(self._submit.script)
             todo = missing
         return outcomes
+
+    def _replicated(self, acknowledged: object) -> bool:
+        """Whether WAIT's reply counts enough replicas. When not, the master may have been
+        demoted: idle connections are closed, so the next ones ask the sentinels again."""
+        if isinstance(acknowledged, int) and acknowledged >= self.min_replicas:
+            return True
+        self.redis.connection_pool.disconnect()
+        return False
 
     def watch(self, model: str, ref: str, reply_channel: str, ttl_s: int) -> JobView | None:
         """Read a job; if not final, ask for its result on ``reply_channel`` too."""

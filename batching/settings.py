@@ -81,6 +81,12 @@ class Settings(BaseSettings):
     )
 
     # Redis faults (a server that stops answering without closing connections)
+    redis_min_replicas: int | None = Field(
+        None,
+        ge=0,
+        description="replicas a submission must reach (WAIT) before it is acknowledged; "
+        "default: 1 with a redis+sentinel:// URL, else 0",
+    )
     redis_timeout_s: float = Field(
         2.0,
         gt=0,

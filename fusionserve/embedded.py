@@ -12,6 +12,7 @@ import logging
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import redis
@@ -35,12 +36,15 @@ class EmbeddedRedis:
         *,
         bind: str = "127.0.0.1",
         password: str | None = None,
+        extra: Sequence[str] = (),
     ) -> None:
         self.data_dir = Path(data_dir)
         self.port = port or free_port()
         self.appendonly = appendonly
         self.bind = bind
         self.password = password
+        self.extra = tuple(extra)
+        """More server options, e.g. ``("--replicaof", host, port)``."""
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -74,6 +78,7 @@ class EmbeddedRedis:
             "--daemonize", "no",
             "--loglevel", "warning",
             *(["--requirepass", self.password] if self.password else []),
+            *self.extra,
         ]  # fmt: skip
         with self.log_path.open("ab") as out:  # the child keeps its own copy of the descriptor
             self.process = subprocess.Popen(

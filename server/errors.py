@@ -9,6 +9,7 @@ import redis
 from flask import Flask, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from batching.broker import NotReplicated
 from batching.inputs import InvalidInput
 from batching.items import TooManyItems
 from server.coalesce import OutcomeUnknown
@@ -99,10 +100,10 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(redis.RedisError)
     def _redis_down(exc: redis.RedisError):
         app.logger.warning("redis unavailable: %s", exc)
-        if isinstance(exc, OutcomeUnknown):
+        if isinstance(exc, (OutcomeUnknown, NotReplicated)):
             code, message = (
                 "outcome_unknown",
-                "the queue (Redis) did not answer in time: the submission may have been "
+                "the queue (Redis) did not confirm the submission in time: it may have been "
                 "queued; retry with the same Idempotency-Key so it is not added twice",
             )
         else:

@@ -11,7 +11,7 @@ from batching import tokens
 from batching.apikeys import ApiKeys
 from batching.broker import Broker
 from batching.bulk import BatchStore
-from batching.connection import client_from_url
+from batching.connection import client_from_url, replicas_to_wait
 from batching.registry import ModelRegistry
 from batching.settings import Settings
 from server.notify import ReplyListener
@@ -42,7 +42,8 @@ class Services:
             client_from_url(settings.redis_url, settings, purpose="listener"),
             settings.redis_timeout_s,
         )
-        broker = Broker(client)
+        wait_ms = int(settings.redis_timeout_s * 500)  # half the timeout: the pipeline's reply fits
+        broker = Broker(client, replicas_to_wait(settings), wait_ms)
         return cls(
             settings=settings,
             redis=client,

@@ -1,0 +1,115 @@
+"""Behind Sentinel: a ``redis+sentinel://`` URL serves; a failover loses no acknowledged job.
+
+A real deployment from the embedded Valkey binary (fusionserve/embedded_sentinel.py): a
+master, a replica and three sentinels on loopback; real API and worker processes.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+from onnx_models import scale_model
+from stack import Stack
+
+from batching.connection import parse_sentinel_url
+from fusionserve.embedded_sentinel import EmbeddedSentinel
+
+MODEL = "scale"
+X = [1.0, 2.0, 3.0, 4.0]
+
+
+def test_sentinel_urls_parse_and_bad_ones_say_what_is_expected() -> None:
+    url = parse_sentinel_url("redis+sentinel://u:p%40ss@a:1,b:2/svc/3")
+    assert url is not None
+    assert (url.hosts, url.service, url.db) == ([("a", 1), ("b", 2)], "svc", 3)
+    assert (url.username, url.password, url.ssl) == ("u", "p@ss", False)
+    assert parse_sentinel_url("rediss+sentinel://a:1/svc").ssl  # type: ignore[union-attr]
+    assert parse_sentinel_url("redis://a:1/0") is None
+    for bad in ("redis+sentinel://a:1", "redis+sentinel://a/svc", "redis+sentinel://a:1/svc/x"):
+        with pytest.raises(ValueError, match="host:port"):
+            parse_sentinel_url(bad)
+
+
+@pytest.fixture(scope="module")
+def sentinel(tmp_path_factory: pytest.TempPathFactory):
+    deployment = EmbeddedSentinel(tmp_path_factory.mktemp("sentinel")).start()
+    yield deployment
+    deployment.stop()
+
+
+@pytest.fixture
+def stack(sentinel: EmbeddedSentinel, tmp_path: Path):
+    scale_model(tmp_path / "repo", MODEL)
+    (tmp_path / "logs").mkdir()
+    with Stack(sentinel.url, tmp_path / "repo", tmp_path / "logs") as stack:
+        stack.start_api()
+        stack.start_worker(MODEL)
+        stack.wait_ready(MODEL, 1)
+        yield stack
+
+
+def test_served_through_the_sentinels_on_the_master(stack, sentinel: EmbeddedSentinel) -> None:
+    with httpx.Client(base_url=stack.url, timeout=30) as http:
+        job = http.post(f"/v1/models/{MODEL}/infer", json={"inputs": {"x": X}}).json()["job_id"]
+        body = http.get(f"/v1/jobs/{job}", params={"wait": 20}).json()
+        assert body["status"] == "done" and body["outputs"]["y"] == [2 * x for x in X]
+        v2 = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": X}]}
+        answer = http.post(f"/v2/models/{MODEL}/infer", json=v2)
+        assert answer.status_code == 200, answer.text
+    with redis.Redis(port=sentinel.master_port()) as master:
+        assert master.sismember("fs:models", MODEL)  # the data lives on the master
+
+
+def test_a_failover_under_load_loses_no_acknowledged_job(stack, sentinel: EmbeddedSentinel) -> None:
+    """Submissions run before, during and after ``SENTINEL FAILOVER``: each answer is a 202
+    (the job then finishes) or a 503 with Retry-After, never a hang; after the switch the
+    service resumes without a restart."""
+    acknowledged: list[str] = []
+    refused: list[tuple[int, str]] = []
+    switched = threading.Event()
+    stop = threading.Event()
+
+    def load() -> None:
+        with httpx.Client(base_url=stack.url, timeout=15) as http:
+            after_switch = 0
+            for _ in range(2000):  # bounded: stops by itself
+                if stop.is_set() or after_switch >= 20:
+                    return
+                response = http.post(f"/v1/models/{MODEL}/infer", json={"inputs": {"x": X}})
+                if response.status_code == 202:
+                    acknowledged.append(response.json()["job_id"])
+                    after_switch += switched.is_set()
+                else:
+                    assert response.status_code == 503, response.text
+                    assert response.headers.get("Retry-After"), response.headers
+                    refused.append((response.status_code, response.json()["error"]["code"]))
+                    time.sleep(0.05)
+
+    loader = threading.Thread(target=load)
+    loader.start()
+    try:
+        deadline = time.monotonic() + 60
+        while len(acknowledged) < 20 and time.monotonic() < deadline and loader.is_alive():
+            time.sleep(0.05)
+        before = sentinel.master_port()
+        assert sentinel.failover() != before
+        switched.set()
+        loader.join(120)
+    finally:
+        stop.set()
+        loader.join(30)
+    assert not loader.is_alive()
+    assert len(acknowledged) >= 40, (len(acknowledged), refused)  # it resumed after the switch
+    with httpx.Client(base_url=stack.url, timeout=30) as http:
+        for job in acknowledged:
+            for _ in range(10):  # long polls; a 503 while the API finds the new master is retried
+                response = http.get(f"/v1/jobs/{job}", params={"wait": 20})
+                if response.status_code != 503:
+                    break
+            body = response.json()
+            assert body.get("status") == "done", (job, body)
