@@ -6,17 +6,21 @@ master, a replica and three sentinels on loopback; real API and worker processes
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 
 import httpx
+import orjson
 import pytest
 import redis
 from onnx_models import scale_model
 from stack import Stack
 
 from batching.connection import parse_sentinel_url
+from fusionserve.client import Client, FusionServeError
 from fusionserve.embedded_sentinel import EmbeddedSentinel
 
 MODEL = "scale"
@@ -113,3 +117,44 @@ def test_a_failover_under_load_loses_no_acknowledged_job(stack, sentinel: Embedd
                     break
             body = response.json()
             assert body.get("status") == "done", (job, body)
+
+
+def test_keys_batches_and_cancels_through_the_sentinels(
+    sentinel: EmbeddedSentinel, tmp_path: Path
+) -> None:
+    """The keys CLI, a bulk batch (RQ ingest on the sentinels' master) and a cancelled job."""
+    scale_model(tmp_path / "repo", MODEL)
+    (tmp_path / "logs").mkdir()
+    env = {"FUSIONSERVE_AUTH": "keys", "FUSIONSERVE_DATA_DIR": str(tmp_path / "data")}
+    with Stack(sentinel.url, tmp_path / "repo", tmp_path / "logs", **env) as stack:
+        created = subprocess.run(
+            [sys.executable, "-m", "fusionserve.cli", "keys", "create", "--name", "sentinel"],
+            env=stack.env,
+            capture_output=True,
+            timeout=60,
+            check=True,
+        )
+        key = orjson.loads(created.stdout)["key"]
+        stack.start_api()
+        stack.start_bulk_worker()
+        worker = stack.start_worker(MODEL)
+        stack.wait_ready(MODEL, 1)
+        assert stack.stop_worker(worker) == 0  # published; nothing runs what is queued now
+        with Client(stack.url, api_key=key) as fs:
+            with pytest.raises(FusionServeError) as refused, Client(stack.url) as nobody:
+                nobody.models()  # keys are checked: the store is on the master too
+            assert refused.value.status == 401
+            queued = fs.submit(MODEL, inputs={"x": X})
+            assert fs.cancel(queued).status == "cancelled"
+            source = tmp_path / "items.jsonl"
+            rows = [{"custom_id": f"r{i}", "inputs": {"x": [i, 0, 0, 1]}} for i in range(30)]
+            source.write_bytes(b"\n".join(orjson.dumps(r) for r in rows) + b"\n")
+            batch = fs.submit_batch(MODEL, source)["batch_id"]
+            stack.start_worker(MODEL)
+            deadline = time.monotonic() + 60
+            while fs.batch(batch)["finished_at"] is None and time.monotonic() < deadline:
+                time.sleep(0.1)
+            results = list(fs.batch_results(batch))
+            assert fs.result(queued).status == "cancelled"  # it never ran
+    assert [r["custom_id"] for r in results] == [f"r{i}" for i in range(30)]
+    assert [r["outputs"]["y"] for r in results] == [[2 * i, 0, 0, 2] for i in range(30)]
