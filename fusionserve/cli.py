@@ -75,6 +75,13 @@ def build_parser() -> argparse.ArgumentParser:
     _serving_flags(up)
     _repository_flag(up)
     up.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    up.add_argument(
+        "--redis",
+        choices=("single", "sentinel"),
+        default="single",
+        help="without REDIS_URL: one embedded Valkey (default), or sentinel: a master, a "
+        "replica and three sentinels, to try failover on one machine",
+    )
 
     api = sub.add_parser("api", help="run the HTTP API under gunicorn (needs REDIS_URL)")
     _serving_flags(api)
@@ -143,7 +150,10 @@ def main(argv: list[str] | None = None) -> int:
             api_processes=args.processes,
             model_repository=args.model_repository,
         )
-        return run_up(settings, args.workers)
+        if args.redis != "single" and settings.redis_url:
+            print("error: --redis starts an embedded Redis; REDIS_URL is set", file=sys.stderr)
+            return 2
+        return run_up(settings, args.workers, args.redis)
     if args.command == "api":
         from server.serve import run_api
 

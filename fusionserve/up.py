@@ -30,6 +30,7 @@ from collections.abc import Callable
 from batching.processes import die_with_parent, fusionserve_command
 from batching.settings import Settings
 from fusionserve.embedded import EmbeddedRedis
+from fusionserve.embedded_sentinel import EmbeddedSentinel
 
 log = logging.getLogger("fusionserve.up")
 
@@ -127,7 +128,9 @@ def _stop(children: list[Child], timeout_s: float = 30.0) -> None:
             c.proc.wait()  # type: ignore[union-attr]
 
 
-def run_up(settings: Settings, workers: int) -> int:
+def run_up(settings: Settings, workers: int, redis_mode: str = "single") -> int:
+    """``redis_mode``: without ``REDIS_URL``, one embedded Valkey (``single``), or a master, a
+    replica and three sentinels (``sentinel``: try failover on one machine)."""
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -141,13 +144,19 @@ def run_up(settings: Settings, workers: int) -> int:
     env["FUSIONSERVE_MODEL_REPOSITORY"] = str(settings.model_repository)
     api_args = ["api", "--host", settings.host, "--port", str(settings.port)]
     api_args += ["--processes", str(settings.api_processes)]
-    embedded: EmbeddedRedis | None = None
+    embedded: EmbeddedRedis | EmbeddedSentinel | None = None
     redis_child: list[Child] = []
     model_workers: list[Child] = []
     api: list[Child] = []
     code = 0
     try:
-        if not settings.redis_url:
+        if not settings.redis_url and redis_mode == "sentinel":
+            deployment = embedded = EmbeddedSentinel(settings.data_dir / "sentinel").start()
+            for name, process, restart in deployment.nodes():
+                redis_child.append(Child(name, restart))
+                redis_child[-1].proc = process
+            env["REDIS_URL"] = deployment.url
+        elif not settings.redis_url:
             server = embedded = EmbeddedRedis(settings.data_dir / "redis")
             redis_child.append(Child("redis", lambda: server.start().process))  # type: ignore[arg-type, return-value]
             redis_child[0].start()

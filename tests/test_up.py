@@ -98,3 +98,56 @@ def test_embedded_valkey_writes_its_output_to_a_log_in_its_data_dir(tmp_path: Pa
         assert "in use" in log_text
     finally:
         first.stop()
+
+
+def test_up_with_redis_sentinel_serves_through_three_sentinels(tmp_path: Path) -> None:
+    """``up --redis sentinel``: a master, a replica, three sentinels; clients find the master."""
+    scale_model(tmp_path / "repo")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+    env.update(PYTHONPATH=str(ROOT), FUSIONSERVE_DATA_DIR=str(tmp_path / "data"))
+    cmd = [sys.executable, "-m", "fusionserve.cli", "up", "--port", str(port), "--redis"]
+    cmd += ["sentinel", "--processes", "1", "--model-repository", str(tmp_path / "repo")]
+    up = subprocess.Popen(cmd, env=env, cwd=ROOT)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            assert up.poll() is None, "fusionserve up exited"
+            try:
+                if httpx.get(f"{url}/readyz", timeout=1).json().get("workers", {}).get("scale"):
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        else:
+            raise AssertionError("fusionserve up never became ready")
+        job = httpx.post(f"{url}/v1/models/scale/infer", json={"inputs": {"x": [1, 2, 3, 4]}})
+        assert job.status_code == 202, job.text  # acknowledged: a replica has it (WAIT)
+        result = httpx.get(f"{url}{job.json()['status_url']}", params={"wait": 10}).json()
+        assert result["outputs"]["y"] == [2.0, 4.0, 6.0, 8.0]
+        spawned = set(children(up.pid))
+        assert len(spawned) == 8  # master, replica, 3 sentinels, API, worker, bulk worker
+        spawned |= {grandchild for child in spawned for grandchild in children(child)}
+        up.send_signal(signal.SIGTERM)
+        assert up.wait(60) == 0
+        deadline = time.monotonic() + 10
+        while any(alive(p) for p in spawned) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not [p for p in spawned if alive(p)]
+    finally:
+        if up.poll() is None:
+            up.terminate()
+            try:
+                up.wait(30)
+            except subprocess.TimeoutExpired:
+                up.kill()
+    refused = subprocess.run(
+        [*cmd[:4], "--redis", "sentinel"],
+        env={**env, "REDIS_URL": "redis://127.0.0.1:1/0"},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert refused.returncode == 2 and "REDIS_URL is set" in refused.stderr
