@@ -13,9 +13,11 @@ import yaml
 from conftest import DEMO, ROOT
 
 from batching import keys
+from batching.connection import parse_sentinel_url
 from batching.model_config import ModelConfig
 
 COMPOSE = ROOT / "docker-compose.yml"
+COMPOSE_SENTINEL = ROOT / "docker-compose.sentinel.yml"
 
 
 def compose() -> dict:
@@ -24,7 +26,8 @@ def compose() -> dict:
 
 @pytest.mark.skipif(not shutil.which("docker-compose"), reason="docker-compose not installed")
 def test_docker_compose_config_validates() -> None:
-    for profile in ([], ["--profile", "gpu"]):
+    sentinel = ["-f", str(COMPOSE_SENTINEL)]
+    for profile in ([], ["--profile", "gpu"], sentinel, [*sentinel, "--profile", "gpu"]):
         checked = subprocess.run(
             ["docker-compose", "-f", str(COMPOSE), *profile, "config", "-q"],
             capture_output=True,
@@ -99,3 +102,25 @@ def test_keda_scales_workers_on_every_stream_of_the_model() -> None:
     ]
     env = {e["name"] for e in worker["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert {"REDIS_URL", "REDIS_ADDRESS", "REDIS_PASSWORD"} <= env
+
+
+@pytest.mark.skipif(not shutil.which("docker-compose"), reason="docker-compose not installed")
+def test_the_sentinel_override_points_every_process_at_three_sentinels() -> None:
+    merged = subprocess.run(
+        ["docker-compose", "-f", str(COMPOSE), "-f", str(COMPOSE_SENTINEL), "config"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=True,
+    )
+    services = yaml.safe_load(merged.stdout)["services"]
+    assert {"redis", "redis-replica", "sentinel-1", "sentinel-2", "sentinel-3"} <= set(services)
+    for name in ("api", "worker", "bulk-worker"):
+        url = parse_sentinel_url(services[name]["environment"]["REDIS_URL"])
+        assert url is not None and url.service == "fusionserve", name
+        assert {host for host, _ in url.hosts} == {"sentinel-1", "sentinel-2", "sentinel-3"}
+    for i in (1, 2, 3):
+        command = " ".join(services[f"sentinel-{i}"]["command"])
+        assert "sentinel monitor fusionserve redis 6379 2" in command
+        assert "--sentinel" in command
+    assert "--replicaof" in services["redis-replica"]["command"]
