@@ -25,7 +25,12 @@ from urllib.parse import unquote
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
-from redis.sentinel import Sentinel, SentinelConnectionPool
+from redis.sentinel import (
+    Sentinel,
+    SentinelConnectionPool,
+    SentinelManagedConnection,
+    SentinelManagedSSLConnection,
+)
 
 from batching.settings import Settings
 
@@ -78,6 +83,20 @@ def parse_sentinel_url(url: str) -> SentinelUrl | None:
         password=unquote(password) or None,
         ssl=scheme.startswith("rediss"),
     )
+
+
+class SentinelConnection(SentinelManagedConnection):
+    """A connection to the sentinels' master that, like a plain one, drops its socket when
+    a read is cut short. redis-py's keeps it (``disconnect_on_error=False``): the reply left
+    unread (an RQ ``BLMOVE`` interrupted by a warm shutdown) was then read by the next
+    command on that connection, which hung or got another command's answer."""
+
+    def read_response(self, *args: Any, disconnect_on_error: bool = True, **kwargs: Any) -> Any:
+        return super().read_response(*args, disconnect_on_error=disconnect_on_error, **kwargs)
+
+
+class SentinelSSLConnection(SentinelConnection, SentinelManagedSSLConnection):
+    """The same over TLS (``rediss+sentinel://``)."""
 
 
 class BlockingSentinelPool(SentinelConnectionPool, redis.BlockingConnectionPool):
@@ -133,7 +152,12 @@ def _sentinel_client(
     timeout = settings.redis_timeout_s
     ask = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
     sentinels = Sentinel(url.hosts, sentinel_kwargs=ask)
-    node = {"db": url.db, "username": url.username, "password": url.password, "ssl": url.ssl}
+    node = {
+        "db": url.db,
+        "username": url.username,
+        "password": url.password,
+        "connection_class": SentinelSSLConnection if url.ssl else SentinelConnection,
+    }
     if purpose in ("api", "stream"):
         cap = settings.redis_max_connections if purpose == "api" else settings.max_streams
         return sentinels.master_for(

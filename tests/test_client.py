@@ -22,6 +22,7 @@ from fusionserve.client import (
     BadRequest,
     Client,
     ConnectionFailed,
+    Forbidden,
     FusionServeError,
     InvalidInput,
     NotCancellable,
@@ -29,6 +30,7 @@ from fusionserve.client import (
     PayloadTooLarge,
     QueueFull,
     TensorSpec,
+    Unauthorized,
     Unavailable,
     WaitTimeout,
 )
@@ -108,6 +110,9 @@ def test_both_error_body_shapes_map_to_the_same_classes() -> None:
     assert (error.status, error.code, error.message) == (429, "queue_full", "full")
     v2 = error_from_response(httpx.Response(400, json={"error": "bad tensor"}))
     assert isinstance(v2, BadRequest) and (v2.code, v2.message) == ("bad_request", "bad tensor")
+    key = error_from_response(httpx.Response(401, json={"error": {"code": "unauthorized"}}))
+    assert isinstance(key, Unauthorized) and key.status == 401
+    assert isinstance(error_from_response(httpx.Response(403, json={"error": "no"})), Forbidden)
     plain = error_from_response(httpx.Response(502, text="bad gateway"))
     assert type(plain) is FusionServeError and plain.message == "bad gateway"
 
@@ -161,6 +166,8 @@ def test_sync_client_submits_polls_and_describes(scale_url: str) -> None:
         np.testing.assert_allclose(result.outputs["y"], 2 * X)
         assert result.timings is not None and result.timings.batch_size >= 1
         assert result.timings.worker and result.labels == [] and result.top_label is None
+        events = httpx.get(f"{scale_url}/v1/jobs/{job_id}/events", timeout=10)  # not generation
+        assert events.status_code == 400 and events.json()["error"]["code"] == "not_generative"
 
         nested = fs.submit(MODEL, inputs={"x": [[0.5, 1.0, 1.5, 2.0]]})  # batch dim of 1, lists
         np.testing.assert_allclose(fs.wait(nested, timeout=10).outputs["y"], [1.0, 2.0, 3.0, 4.0])

@@ -6,6 +6,7 @@ master, a replica and three sentinels on loopback; real API and worker processes
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import threading
@@ -16,14 +17,17 @@ import httpx
 import orjson
 import pytest
 import redis
-from onnx_models import scale_model
+from helpers import pending_by_consumer, wait_all
+from onnx_models import heavy_model, scale_model
 from stack import Stack
 
-from batching.connection import parse_sentinel_url
-from fusionserve.client import Client, FusionServeError
+from batching.connection import client_from_url, parse_sentinel_url
+from batching.settings import Settings
+from fusionserve.client import Client, Unauthorized
 from fusionserve.embedded_sentinel import EmbeddedSentinel
 
 MODEL = "scale"
+HEAVY = "heavy"
 X = [1.0, 2.0, 3.0, 4.0]
 
 
@@ -141,9 +145,8 @@ def test_keys_batches_and_cancels_through_the_sentinels(
         stack.wait_ready(MODEL, 1)
         assert stack.stop_worker(worker) == 0  # published; nothing runs what is queued now
         with Client(stack.url, api_key=key) as fs:
-            with pytest.raises(FusionServeError) as refused, Client(stack.url) as nobody:
+            with pytest.raises(Unauthorized), Client(stack.url) as nobody:
                 nobody.models()  # keys are checked: the store is on the master too
-            assert refused.value.status == 401
             queued = fs.submit(MODEL, inputs={"x": X})
             assert fs.cancel(queued).status == "cancelled"
             source = tmp_path / "items.jsonl"
@@ -158,3 +161,72 @@ def test_keys_batches_and_cancels_through_the_sentinels(
             assert fs.result(queued).status == "cancelled"  # it never ran
     assert [r["custom_id"] for r in results] == [f"r{i}" for i in range(30)]
     assert [r["outputs"]["y"] for r in results] == [[2 * i, 0, 0, 2] for i in range(30)]
+
+
+def test_a_sigkilled_worker_loses_no_job_behind_the_sentinels(
+    sentinel: EmbeddedSentinel, tmp_path: Path
+) -> None:
+    """A worker SIGKILLed while it holds entries: the other reclaims them from the master."""
+    heavy_model(tmp_path / "repo", HEAVY, width=256, layers=16)
+    (tmp_path / "logs").mkdir()
+    env = {"FUSIONSERVE_VISIBILITY_TIMEOUT_S": "2"}
+    master = redis.Redis(port=sentinel.master_port())
+    with Stack(sentinel.url, tmp_path / "repo", tmp_path / "logs", **env) as stack, master:
+        stack.start_api()
+        victim = stack.start_worker(HEAVY)
+        stack.start_worker(HEAVY)
+        stack.wait_ready(HEAVY, 2)
+        killed = threading.Event()
+
+        def kill_when_holding() -> None:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                held = pending_by_consumer(master, HEAVY, (1, 2))
+                if any(f"-{victim.pid}-" in name and n for name, n in held.items()):
+                    victim.kill()
+                    killed.set()
+                    return
+                time.sleep(0.002)
+
+        watcher = threading.Thread(target=kill_when_holding)
+        watcher.start()
+        rows = [[float(i % 7)] * 256 for i in range(1000)]
+        with httpx.Client(base_url=stack.url, timeout=60) as http:
+            job_ids: list[str] = []
+            for start in range(0, len(rows), 8):
+                items = [{"inputs": {"x": row}} for row in rows[start : start + 8]]
+                response = http.post(f"/v1/models/{HEAVY}/infer", json={"items": items})
+                assert response.status_code == 202, response.text
+                job_ids += response.json()["job_ids"]
+            watcher.join()
+            assert killed.is_set(), "the victim never held an entry"
+            results = wait_all(http, job_ids, timeout_s=180)
+    assert {r["status"] for r in results.values()} == {"done"}
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_a_read_cut_short_drops_its_connection(sentinel: EmbeddedSentinel) -> None:
+    """A blocking read interrupted (as RQ's warm shutdown interrupts its BLMOVE) must not
+    leave its reply for the next command on that connection."""
+    client = client_from_url(sentinel.url, Settings(), purpose="rq", block_s=10)
+    connection = client.connection_pool.get_connection()
+    connection.send_command("BLPOP", "fs:test:nothing", 3)
+
+    def interrupt(_signum: int, _frame: object) -> None:
+        raise Interrupted
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    signal.setitimer(signal.ITIMER_REAL, 0.2)
+    try:
+        with pytest.raises(Interrupted):
+            connection.read_response()
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    client.connection_pool.release(connection)
+    assert client.set("fs:test:key", "1") is True  # not BLPOP's nil, 3 s late
+    assert client.get("fs:test:key") == b"1"
+    client.close()

@@ -11,6 +11,7 @@ from fusionserve.client.aio import AsyncClient
 from fusionserve.client.errors import (
     BadRequest,
     ConnectionFailed,
+    Forbidden,
     FusionServeError,
     GenerationFailed,
     InvalidInput,
@@ -19,6 +20,7 @@ from fusionserve.client.errors import (
     PayloadTooLarge,
     QueueFull,
     RequestTimeout,
+    Unauthorized,
     Unavailable,
     WaitTimeout,
 )
@@ -39,6 +41,7 @@ __all__ = [
     "BadRequest",
     "Client",
     "ConnectionFailed",
+    "Forbidden",
     "FusionServeError",
     "Generation",
     "GenerationEvent",
@@ -55,6 +58,7 @@ __all__ = [
     "RequestTimeout",
     "TensorSpec",
     "Timings",
+    "Unauthorized",
     "Unavailable",
     "WaitTimeout",
     "text_of",

@@ -17,6 +17,8 @@ import orjson
 # The code used when a body carries none (V2 errors, proxies, plain-text answers).
 DEFAULT_CODES = {
     400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
     404: "not_found",
     413: "payload_too_large",
     422: "invalid_input",
@@ -50,6 +52,14 @@ class FusionServeError(Exception):
 
 class BadRequest(FusionServeError):
     """400: a malformed body or query (e.g. a ``wait`` out of range)."""
+
+
+class Unauthorized(FusionServeError):
+    """401: no API key, or one the server does not know (or revoked)."""
+
+
+class Forbidden(FusionServeError):
+    """403: the key is valid but may not do this (e.g. repository orders need an admin key)."""
 
 
 class NotFound(FusionServeError):
@@ -104,6 +114,8 @@ class WaitTimeout(TimeoutError):
 
 BY_STATUS: dict[int, type[FusionServeError]] = {
     400: BadRequest,
+    401: Unauthorized,
+    403: Forbidden,
     404: NotFound,
     409: NotCancellable,
     413: PayloadTooLarge,
