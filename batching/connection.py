@@ -134,38 +134,31 @@ def client_from_url(
     }
     if not url.startswith("unix:"):
         options["socket_keepalive"] = True  # TCP only: a dead peer is found even when idle
-    sentinel = parse_sentinel_url(url)
-    if sentinel is not None:
-        return _sentinel_client(sentinel, settings, purpose, options)
+    capped: dict[str, Any] = {}  # a blocking pool's cap and wait for a free connection
     if purpose in ("api", "stream"):
         cap = settings.redis_max_connections if purpose == "api" else settings.max_streams
-        pool = redis.BlockingConnectionPool.from_url(
-            url, max_connections=cap, timeout=timeout, **options
-        )
+        capped = {"max_connections": cap, "timeout": timeout}
+    sentinel = parse_sentinel_url(url)
+    if sentinel is not None:
+        return _sentinel_client(sentinel, timeout, capped, options)
+    if capped:
+        pool = redis.BlockingConnectionPool.from_url(url, **capped, **options)
         return redis.Redis(connection_pool=pool)
     return redis.Redis.from_url(url, **options)
 
 
 def _sentinel_client(
-    url: SentinelUrl, settings: Settings, purpose: Purpose, options: dict[str, Any]
+    url: SentinelUrl, timeout: float, capped: dict[str, Any], options: dict[str, Any]
 ) -> redis.Redis:
-    timeout = settings.redis_timeout_s
+    """A client on the sentinels' master; ``capped``: with the blocking pool's cap."""
     ask = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
-    sentinels = Sentinel(url.hosts, sentinel_kwargs=ask)
-    node = {
-        "db": url.db,
-        "username": url.username,
-        "password": url.password,
-        "connection_class": SentinelSSLConnection if url.ssl else SentinelConnection,
-    }
-    if purpose in ("api", "stream"):
-        cap = settings.redis_max_connections if purpose == "api" else settings.max_streams
-        return sentinels.master_for(
-            url.service,
-            connection_pool_class=BlockingSentinelPool,
-            max_connections=cap,
-            timeout=timeout,
-            **node,
-            **options,
-        )
-    return sentinels.master_for(url.service, **node, **options)
+    return Sentinel(url.hosts, sentinel_kwargs=ask).master_for(
+        url.service,
+        connection_pool_class=BlockingSentinelPool if capped else SentinelConnectionPool,
+        db=url.db,
+        username=url.username,
+        password=url.password,
+        connection_class=SentinelSSLConnection if url.ssl else SentinelConnection,
+        **capped,
+        **options,
+    )
