@@ -11,15 +11,16 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import orjson
 import pytest
 import redis
+from conftest import _stacks
 from helpers import pending_by_consumer, wait_all
 from onnx_models import heavy_model, scale_model
-from stack import Stack
 
 from batching.connection import client_from_url, parse_sentinel_url
 from batching.settings import Settings
@@ -51,14 +52,19 @@ def sentinel(tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.fixture
-def stack(sentinel: EmbeddedSentinel, tmp_path: Path):
+def sentinel_stack(sentinel: EmbeddedSentinel, tmp_path: Path) -> Iterator:
+    """Stacks (API and worker processes) whose ``REDIS_URL`` is the sentinels'."""
+    yield from _stacks(sentinel.url, tmp_path)
+
+
+@pytest.fixture
+def stack(sentinel_stack, tmp_path: Path):
     scale_model(tmp_path / "repo", MODEL)
-    (tmp_path / "logs").mkdir()
-    with Stack(sentinel.url, tmp_path / "repo", tmp_path / "logs") as stack:
-        stack.start_api()
-        stack.start_worker(MODEL)
-        stack.wait_ready(MODEL, 1)
-        yield stack
+    stack = sentinel_stack(tmp_path / "repo")
+    stack.start_api()
+    stack.start_worker(MODEL)
+    stack.wait_ready(MODEL, 1)
+    return stack
 
 
 def test_served_through_the_sentinels_on_the_master(stack, sentinel: EmbeddedSentinel) -> None:
@@ -123,55 +129,52 @@ def test_a_failover_under_load_loses_no_acknowledged_job(stack, sentinel: Embedd
             assert body.get("status") == "done", (job, body)
 
 
-def test_keys_batches_and_cancels_through_the_sentinels(
-    sentinel: EmbeddedSentinel, tmp_path: Path
-) -> None:
+def test_keys_batches_and_cancels_through_the_sentinels(sentinel_stack, tmp_path: Path) -> None:
     """The keys CLI, a bulk batch (RQ ingest on the sentinels' master) and a cancelled job."""
     scale_model(tmp_path / "repo", MODEL)
-    (tmp_path / "logs").mkdir()
     env = {"FUSIONSERVE_AUTH": "keys", "FUSIONSERVE_DATA_DIR": str(tmp_path / "data")}
-    with Stack(sentinel.url, tmp_path / "repo", tmp_path / "logs", **env) as stack:
-        created = subprocess.run(
-            [sys.executable, "-m", "fusionserve.cli", "keys", "create", "--name", "sentinel"],
-            env=stack.env,
-            capture_output=True,
-            timeout=60,
-            check=True,
-        )
-        key = orjson.loads(created.stdout)["key"]
-        stack.start_api()
-        stack.start_bulk_worker()
-        worker = stack.start_worker(MODEL)
-        stack.wait_ready(MODEL, 1)
-        assert stack.stop_worker(worker) == 0  # published; nothing runs what is queued now
-        with Client(stack.url, api_key=key) as fs:
-            with pytest.raises(Unauthorized), Client(stack.url) as nobody:
-                nobody.models()  # keys are checked: the store is on the master too
-            queued = fs.submit(MODEL, inputs={"x": X})
-            assert fs.cancel(queued).status == "cancelled"
-            source = tmp_path / "items.jsonl"
-            rows = [{"custom_id": f"r{i}", "inputs": {"x": [i, 0, 0, 1]}} for i in range(30)]
-            source.write_bytes(b"\n".join(orjson.dumps(r) for r in rows) + b"\n")
-            batch = fs.submit_batch(MODEL, source)["batch_id"]
-            stack.start_worker(MODEL)
-            deadline = time.monotonic() + 60
-            while fs.batch(batch)["finished_at"] is None and time.monotonic() < deadline:
-                time.sleep(0.1)
-            results = list(fs.batch_results(batch))
-            assert fs.result(queued).status == "cancelled"  # it never ran
+    stack = sentinel_stack(tmp_path / "repo", **env)
+    created = subprocess.run(
+        [sys.executable, "-m", "fusionserve.cli", "keys", "create", "--name", "sentinel"],
+        env=stack.env,
+        capture_output=True,
+        timeout=60,
+        check=True,
+    )
+    key = orjson.loads(created.stdout)["key"]
+    stack.start_api()
+    stack.start_bulk_worker()
+    worker = stack.start_worker(MODEL)
+    stack.wait_ready(MODEL, 1)
+    assert stack.stop_worker(worker) == 0  # published; nothing runs what is queued now
+    with Client(stack.url, api_key=key) as fs:
+        with pytest.raises(Unauthorized), Client(stack.url) as nobody:
+            nobody.models()  # keys are checked: the store is on the master too
+        queued = fs.submit(MODEL, inputs={"x": X})
+        assert fs.cancel(queued).status == "cancelled"
+        source = tmp_path / "items.jsonl"
+        rows = [{"custom_id": f"r{i}", "inputs": {"x": [i, 0, 0, 1]}} for i in range(30)]
+        source.write_bytes(b"\n".join(orjson.dumps(r) for r in rows) + b"\n")
+        batch = fs.submit_batch(MODEL, source)["batch_id"]
+        stack.start_worker(MODEL)
+        deadline = time.monotonic() + 60
+        while fs.batch(batch)["finished_at"] is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        results = list(fs.batch_results(batch))
+        assert fs.result(queued).status == "cancelled"  # it never ran
     assert [r["custom_id"] for r in results] == [f"r{i}" for i in range(30)]
     assert [r["outputs"]["y"] for r in results] == [[2 * i, 0, 0, 2] for i in range(30)]
 
 
 def test_a_sigkilled_worker_loses_no_job_behind_the_sentinels(
-    sentinel: EmbeddedSentinel, tmp_path: Path
+    sentinel: EmbeddedSentinel, sentinel_stack, tmp_path: Path
 ) -> None:
     """A worker SIGKILLed while it holds entries: the other reclaims them from the master."""
     heavy_model(tmp_path / "repo", HEAVY, width=256, layers=16)
-    (tmp_path / "logs").mkdir()
     env = {"FUSIONSERVE_VISIBILITY_TIMEOUT_S": "2"}
     master = redis.Redis(port=sentinel.master_port())
-    with Stack(sentinel.url, tmp_path / "repo", tmp_path / "logs", **env) as stack, master:
+    stack = sentinel_stack(tmp_path / "repo", **env)
+    with master:
         stack.start_api()
         victim = stack.start_worker(HEAVY)
         stack.start_worker(HEAVY)
